@@ -1,0 +1,101 @@
+"""Device profiles: `devices/NAME.yaml` → `DeviceProfile` (TVM target dict, threads, how to reach it)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.schema import from_dict, load_yaml
+
+DEVICES_DIR = Path(__file__).resolve().parent.parent / "devices"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RemoteSpec:
+    """How to reach a device over TVM RPC: through a tracker (with a key) or directly."""
+
+    key: str
+    tracker: str | None = None  # "host:port" of a TVM RPC tracker
+    direct: str | None = None  # "host:port" of one RPC server, bypassing the tracker
+    timeout_s: float = 60.0
+    priority: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("tracker", "direct"):
+            value = getattr(self, name)
+            if value is not None:
+                parse_hostport(value, name)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EmulatorSpec:
+    """An emulated board: a foreign-architecture root run under qemu-user (see harness.emulator)."""
+
+    arch: str  # Debian architecture name, e.g. "arm64"
+    qemu: str = "qemu-aarch64-static"
+    port: int = 9090  # RPC server port of the first emulated board
+    tracker_port: int = 9190
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeviceProfile:
+    """Where a model runs: a TVM target, a thread count, and (for boards) how to reach them."""
+
+    name: str
+    description: str = ""
+    target: dict[str, Any]  # TVM target as a JSON dict; "mcpu: native" means this host's CPU
+    host_target: dict[str, Any] | None = None  # for GPU targets, the CPU side
+    threads: int | None = None  # None: all cores of the device
+    cross_compiler: str | None = None  # C compiler that links the shared library (e.g. aarch64-linux-gnu-gcc)
+    remote: RemoteSpec | None = None  # None: run on this host
+    emulator: EmulatorSpec | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if "kind" not in self.target and "tag" not in self.target:
+            raise ValueError("target needs a 'kind' (llvm, cuda, ...) or a 'tag'")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    @property
+    def is_remote(self) -> bool:
+        return self.remote is not None
+
+    def with_remote(self, *, tracker: str | None = None, direct: str | None = None) -> DeviceProfile:
+        """Override how the device is reached (CLI `--tracker`/`--rpc`)."""
+        if tracker is None and direct is None:
+            return self
+        key = self.remote.key if self.remote else self.name
+        base = self.remote or RemoteSpec(key=key)
+        return replace(self, remote=replace(base, tracker=tracker, direct=direct))
+
+
+def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:
+    """'host:port' → (host, port), with a one-line error otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise HarnessError(f"{what}: expected 'host:port', got {value!r}")
+    return host, int(port)
+
+
+def available_devices(devices_dir: Path = DEVICES_DIR) -> list[str]:
+    """Names of the shipped profiles (files in `devices/`)."""
+    return sorted(p.stem for p in devices_dir.glob("*.yaml"))
+
+
+def load_device(name_or_path: str, devices_dir: Path = DEVICES_DIR) -> DeviceProfile:
+    """Load a profile by name (`devices/NAME.yaml`) or path; TVM_TRACKER_HOST/PORT override the tracker."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = devices_dir / f"{name_or_path}.yaml"
+        if not path.is_file():
+            allowed = ", ".join(available_devices(devices_dir)) or "none"
+            raise HarnessError(f"unknown device {name_or_path!r}; available: {allowed}")
+    profile = from_dict(DeviceProfile, load_yaml(path), str(path))
+    env_host, env_port = os.environ.get("TVM_TRACKER_HOST"), os.environ.get("TVM_TRACKER_PORT")
+    if profile.remote is not None and env_host:
+        profile = profile.with_remote(tracker=f"{env_host}:{env_port or 9190}")
+    return profile
