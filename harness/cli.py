@@ -1,0 +1,136 @@
+"""Command line: parses arguments and calls the stages; user errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+log = logging.getLogger("harness")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness.device import load_device
+    from harness.pipeline import run_recipe
+    from harness.recipe import load_recipe
+    from harness.results import format_rows
+    from harness.workspace import Workspace
+
+    recipe = load_recipe(args.recipe)
+    profile = load_device(args.device).with_remote(tracker=args.tracker, direct=args.rpc)
+    ws = Workspace(Path(args.results)) if args.results else Workspace()
+    rows = run_recipe(recipe, profile, workspace=ws, progress=not args.quiet, record=not args.no_record)
+    print(format_rows(rows))
+    if not args.no_record:
+        print(f"\nappended {len(rows)} row(s) to {ws.table}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from harness.models import build_model, model_cost
+
+    model = build_model(args.model, width=args.width, num_classes=args.classes)
+    cost = model_cost(model, args.resolution)
+    info = {"model": args.model, "width": args.width, "resolution": args.resolution,
+            "num_classes": args.classes, "params": cost.params, "macs": cost.macs}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"{args.model}  α={args.width}  {args.resolution}×{args.resolution}  {args.classes} classes")
+        print(f"  parameters     {cost.params:>14,}  ({cost.params / 1e6:.2f} M)")
+        print(f"  multiply-adds  {cost.macs:>14,}  ({cost.macs / 1e6:.1f} M)")
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from harness.compile.target import build_target
+    from harness.device import available_devices, load_device
+
+    profiles = [load_device(name) for name in available_devices()]
+    if args.json:
+        print(json.dumps([asdict(p) for p in profiles], default=str, indent=2))
+        return 0
+    for p in profiles:
+        where = "local" if p.remote is None else f"RPC key {p.remote.key!r} via {p.remote.direct or p.remote.tracker}"
+        print(f"{p.name:<8} {where}")
+        print(f"         {p.description}")
+        print(f"         target: {build_target(p)}")
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from harness.results import SUMMARY_COLUMNS, format_rows, load_results
+    from harness.workspace import Workspace
+
+    table = load_results(Workspace(Path(args.results)).table if args.results else None)
+    if table.empty:
+        print("no results yet")
+        return 0
+    print(format_rows(table.tail(args.last).to_dict("records"), ["run_id", *SUMMARY_COLUMNS]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Compress MobileNet-family models, compile them with TVM for a device, measure and record.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a recipe on a device and append its rows to the results table")
+    run.add_argument("recipe", help="recipe file (or shipped recipe name, e.g. v1_fp32)")
+    run.add_argument("--device", default="x86", help="device profile name or file (default: x86)")
+    run.add_argument("--rpc", metavar="HOST:PORT", help="reach the device's RPC server directly")
+    run.add_argument("--tracker", metavar="HOST:PORT", help="reach the device through this RPC tracker")
+    run.add_argument("--results", metavar="DIR", help="results folder (default: results/)")
+    run.add_argument("--no-record", action="store_true", help="print the rows without appending them")
+    run.set_defaults(func=_run)
+
+    ins = sub.add_parser("inspect", help="parameters and multiply-adds of a model at a width and resolution")
+    ins.add_argument("model", help="model name (mobilenet_v1, mobilenet_v2, vgg16, resnet18, ... )")
+    ins.add_argument("--width", type=float, default=1.0, help="width multiplier α (default 1.0)")
+    ins.add_argument("--resolution", type=int, default=224, help="input size in pixels (default 224)")
+    ins.add_argument("--classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    ins.add_argument("--json", action="store_true", help="machine-readable output")
+    ins.set_defaults(func=_inspect)
+
+    dev = sub.add_parser("devices", help="list device profiles (devices/*.yaml) with their TVM targets")
+    dev.add_argument("--json", action="store_true", help="machine-readable output")
+    dev.set_defaults(func=_devices)
+
+    res = sub.add_parser("results", help="show the last rows of the results table")
+    res.add_argument("--last", type=int, default=20, help="number of rows (default 20)")
+    res.add_argument("--results", metavar="DIR", help="results folder (default: results/)")
+    res.set_defaults(func=_results)
+    return parser
+
+
+def _configure_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m harness`; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.quiet, args.verbose)
+    try:
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

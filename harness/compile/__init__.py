@@ -1,0 +1,105 @@
+"""Compile stage: ONNX + DeviceProfile → TVM shared library (Relax VM executable).
+
+Every TVM import of the build side lives in this package (TVM's API moves between releases).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+import tvm
+from tvm.relax.frontend.onnx import from_onnx
+
+from harness.compile.target import build_target, target_json
+from harness.device import DeviceProfile
+from harness.errors import HarnessError
+from harness.export import OnnxModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Artifact:
+    """A compiled model: the shared library and what it was built for."""
+
+    path: Path
+    input_name: str
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    device: str
+    target: str  # JSON
+    cross_compiled: bool
+    compile_seconds: float
+
+    @property
+    def bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def save_meta(self) -> None:
+        meta = asdict(self) | {"path": self.path.name}
+        self.path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load_meta(cls, lib_path: Path) -> Artifact | None:
+        """The artifact saved at `lib_path`, or None when it (or its metadata) is missing."""
+        meta_path = lib_path.with_suffix(".json")
+        if not (lib_path.is_file() and meta_path.is_file()):
+            return None
+        meta = json.loads(meta_path.read_text())
+        meta["path"], meta["input_shape"] = lib_path, tuple(meta["input_shape"])
+        return cls(**meta)
+
+
+def import_onnx(model: OnnxModel) -> tvm.IRModule:
+    """Import an ONNX file into Relax with the batch and resolution fixed to `model.input_shape`."""
+    try:
+        proto = onnx.load(str(model.path))
+    except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+        raise HarnessError(f"cannot read ONNX model {model.path}: {exc}") from None
+    return from_onnx(proto, {model.input_name: list(model.input_shape)}, keep_params_in_input=False)
+
+
+def _export(executable: tvm.runtime.Executable, path: Path, profile: DeviceProfile) -> None:
+    from tvm.support import cc
+
+    tmp = path.with_suffix(".tmp.so")
+    if profile.cross_compiler:
+        import shutil
+
+        if shutil.which(profile.cross_compiler) is None:
+            raise HarnessError(
+                f"device {profile.name}: cross compiler {profile.cross_compiler!r} not found "
+                "(on Debian/Ubuntu: apt-get install gcc-aarch64-linux-gnu)"
+            )
+        executable.export_library(str(tmp), fcompile=cc.cross_compiler(profile.cross_compiler))
+    else:
+        executable.export_library(str(tmp))
+    tmp.replace(path)
+
+
+def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path) -> Artifact:
+    """Import, build for the profile's target and export a shared library to `out_path`."""
+    target = build_target(profile)
+    start = time.perf_counter()
+    mod = import_onnx(model)
+    log.info("building %s for %s", model.path.name, target)
+    executable = tvm.compile(mod, target)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _export(executable, out_path, profile)
+    artifact = Artifact(
+        path=out_path,
+        input_name=model.input_name,
+        input_shape=model.input_shape,
+        input_dtype="float32",
+        device=profile.name,
+        target=target_json(target),
+        cross_compiled=bool(profile.cross_compiler),
+        compile_seconds=time.perf_counter() - start,
+    )
+    artifact.save_meta()
+    return artifact

@@ -1,0 +1,163 @@
+"""Measure stage: accuracy of the compiled artifact, latency statistics, and PyTorch / ONNX Runtime peers."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from harness.data import make_loader
+from harness.recipe import MeasureSpec
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LatencyStats:
+    """Latency of one inference in milliseconds over `repeats` timed repeats."""
+
+    median_ms: float
+    mean_ms: float
+    p90_ms: float
+    min_ms: float
+    std_ms: float
+    repeats: int
+
+
+def latency_stats(seconds: Sequence[float]) -> LatencyStats:
+    """The one place statistics are computed: median, mean, p90, min, std (ms) of per-repeat times."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    if ms.size == 0:
+        raise ValueError("no timings")
+    return LatencyStats(
+        median_ms=float(np.median(ms)),
+        mean_ms=float(ms.mean()),
+        p90_ms=float(np.percentile(ms, 90)),
+        min_ms=float(ms.min()),
+        std_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+        repeats=int(ms.size),
+    )
+
+
+class Executor(Protocol):
+    """A loaded artifact: local (harness.measure.LocalExecutor) or remote over RPC (harness.remote)."""
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def time(self, batch: np.ndarray, spec: MeasureSpec) -> list[float]: ...
+
+
+class LocalExecutor:
+    """Runs a compiled shared library in this process with the Relax VM on the CPU."""
+
+    def __init__(self, lib_path: Path, threads: int | None = None) -> None:
+        import tvm
+        from tvm import relax
+
+        set_tvm_threads(threads)
+        self._tvm = tvm
+        self.device = tvm.cpu()
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        out = self.vm["main"](self._tvm.runtime.tensor(np.ascontiguousarray(batch), self.device))
+        return out.numpy()
+
+    def time(self, batch: np.ndarray, spec: MeasureSpec) -> list[float]:
+        self.vm.set_input("main", self._tvm.runtime.tensor(np.ascontiguousarray(batch), self.device))
+        for _ in range(spec.warmup):
+            self.vm.invoke_stateful("main")
+        timer = self.vm.time_evaluator("invoke_stateful", self.device, number=spec.number, repeat=spec.repeats)
+        return list(timer("main").results)
+
+
+def set_tvm_threads(threads: int | None) -> None:
+    """Size TVM's CPU thread pool (None: leave TVM's default, all cores)."""
+    if threads is None:
+        return
+    import tvm
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    tvm.get_global_func("runtime.config_threadpool")(1, threads)  # 1: all (big) cores, `threads` workers
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Accuracy:
+    top1: float
+    top5: float | None  # None when there are 5 classes or fewer
+    samples: int
+
+
+def evaluate(executor: Executor, dataset: Dataset, batch: int, num_classes: int,
+             progress: bool = True, desc: str = "eval") -> Accuracy:
+    """Top-1/top-5 of the compiled artifact on `dataset` (last partial batch padded with zeros)."""
+    top1 = top5 = total = 0
+    for images, labels in tqdm(make_loader(dataset, batch), desc=desc, unit="batch", disable=None if progress else True,
+                               leave=False):
+        x = images.numpy()
+        n = len(x)
+        if n < batch:
+            x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), dtype=x.dtype)])
+        logits = executor.run(x)[:n]
+        ranked = np.argsort(-logits, axis=1)
+        y = labels.numpy()
+        top1 += int((ranked[:, 0] == y).sum())
+        top5 += int((ranked[:, :5] == y[:, None]).any(axis=1).sum())
+        total += n
+    return Accuracy(top1=top1 / total, top5=top5 / total if num_classes > 5 else None, samples=total)
+
+
+def time_callable(fn: Callable[[], object], spec: MeasureSpec) -> list[float]:
+    """Per-repeat mean wall time (s) of `fn` after warm-up, the way TVM's time evaluator counts."""
+    for _ in range(spec.warmup):
+        fn()
+    times = []
+    for _ in range(spec.repeats):
+        start = time.perf_counter()
+        for _ in range(spec.number):
+            fn()
+        times.append((time.perf_counter() - start) / spec.number)
+    return times
+
+
+def torch_latency(model: nn.Module, batch: np.ndarray, spec: MeasureSpec, threads: int | None) -> LatencyStats:
+    """PyTorch eager latency on this host with the same thread count."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    x = torch.from_numpy(batch)
+    try:
+        with torch.inference_mode():
+            return latency_stats(time_callable(lambda: model(x), spec))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def ort_session(onnx_path: Path, threads: int | None):  # noqa: ANN201 (onnxruntime.InferenceSession)
+    """An ONNX Runtime CPU session with `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_latency(onnx_path: Path, batch: np.ndarray, spec: MeasureSpec, threads: int | None) -> LatencyStats:
+    """ONNX Runtime latency of the same ONNX file on this host with the same thread count."""
+    sess = ort_session(onnx_path, threads)
+    feed = {sess.get_inputs()[0].name: batch}
+    return latency_stats(time_callable(lambda: sess.run(None, feed), spec))
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| over all elements."""
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))

@@ -1,0 +1,255 @@
+"""One run = one pipeline: build → train → compress → export → quantize → compile → measure → record.
+
+Each stage is cached under a content hash of its inputs (see harness.workspace), so a rerun skips the
+stages whose inputs did not change. The reference (the recipe without steps) is measured in the same
+run so that `acc_delta` and `speedup` compare like with like.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness import compress
+from harness.compile import Artifact, compile_onnx
+from harness.compile.target import build_target, target_json
+from harness.compress.finetune import FinetuneSpec
+from harness.data import DataSplits, calibration_batches, load_data
+from harness.device import DeviceProfile
+from harness.errors import HarnessError
+from harness.export import OnnxModel, export_onnx
+from harness.measure import (
+    Executor,
+    LocalExecutor,
+    evaluate,
+    latency_stats,
+    max_abs_diff,
+    ort_latency,
+    ort_session,
+    torch_latency,
+)
+from harness.models import build_model, model_cost
+from harness.recipe import Recipe, content_hash
+from harness.results import append_rows, git_revision, write_json
+from harness.train import Distillation, fit
+from harness.workspace import Workspace, link_or_copy, package_versions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Built:
+    """A model variant ready to measure: the PyTorch model, its ONNX files and the compiled artifact."""
+
+    recipe: Recipe
+    model: nn.Module
+    fp32_onnx: OnnxModel
+    deploy_onnx: OnnxModel  # the file that is compiled: fp32, or the QDQ int8 model
+    dtype: str
+    artifact: Artifact
+    step_info: dict[str, Any]
+
+
+# ---------------------------------------------------------------- model: build, train, compress
+
+
+def trained_base(recipe: Recipe, splits: DataSplits, ws: Workspace, progress: bool) -> nn.Module:
+    """The recipe's base model at its width, trained on its data (cached by `recipe.base_key()`)."""
+    model = build_model(recipe.model.name, width=recipe.width, num_classes=splits.num_classes,
+                        weights=recipe.model.weights)
+    cache = ws.model_dir(recipe.base_key()) / "model.pt"
+    if cache.is_file():
+        model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
+        log.info("reusing trained model %s", cache)
+        return model.eval()
+    if recipe.train.epochs > 0:
+        if splits.train is None:
+            raise HarnessError(f"recipe {recipe.name}: data set has no train split; set train.epochs: 0")
+        t = recipe.train
+        report = fit(model, splits.train, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
+                     optimizer=t.optimizer, weight_decay=t.weight_decay, seed=t.seed, progress=progress,
+                     desc=f"train {recipe.model.name}")
+        log.info("trained %s in %.0f s (loss %.3f)", recipe.model.name, report.seconds, report.final_loss)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), cache.with_suffix(".tmp"))
+    cache.with_suffix(".tmp").replace(cache)
+    return model.eval()
+
+
+def _finetune(model: nn.Module, teacher: nn.Module, spec: FinetuneSpec, recipe: Recipe,
+              splits: DataSplits, progress: bool) -> None:
+    if splits.train is None:
+        raise HarnessError(f"recipe {recipe.name}: finetune needs a data set with a train split")
+    kd = Distillation(teacher=teacher, temperature=spec.temperature, weight=spec.distill_weight) \
+        if spec.distill else None
+    fit(model, splits.train, epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size or recipe.train.batch_size,
+        optimizer=spec.optimizer, seed=recipe.train.seed, distill=kd, progress=progress, desc="finetune")
+
+
+def _apply_step(step: Any, model: nn.Module, teacher: nn.Module, recipe: Recipe, splits: DataSplits,
+                progress: bool, info: dict[str, Any]) -> nn.Module:
+    if isinstance(step, FinetuneSpec):
+        _finetune(model, teacher, step, recipe, splits, progress)
+        return model
+    applier = compress.APPLIERS.get(type(step))
+    if applier is None:
+        raise HarnessError(f"recipe {recipe.name}: step {compress.step_kind(step)} does not act on a PyTorch model")
+    return applier(model, step, recipe=recipe, splits=splits, progress=progress, info=info)
+
+
+def compressed_model(recipe: Recipe, splits: DataSplits, ws: Workspace, progress: bool
+                     ) -> tuple[nn.Module, dict[str, Any]]:
+    """The base model after the recipe's PyTorch steps (prune, finetune), cached by the steps' hash."""
+    base = trained_base(recipe, splits, ws, progress)
+    steps = [s for s in recipe.compression_steps if not compress.is_onnx_step(s)]
+    if not steps:
+        return base, {}
+    cache = ws.model_dir(content_hash({"base": recipe.base_key(), "steps": steps})) / "module.pt"
+    info_path = cache.with_name("steps.json")
+    if cache.is_file() and info_path.is_file():
+        log.info("reusing compressed model %s", cache)
+        # Our own cache file (a pruned model has no fixed architecture to load a state_dict into).
+        return torch.load(cache, map_location="cpu", weights_only=False).eval(), json.loads(info_path.read_text())
+    teacher, model, info = base, copy.deepcopy(base), {}
+    for step in steps:
+        model = _apply_step(step, model, teacher, recipe, splits, progress, info)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model, cache.with_suffix(".tmp"))
+    cache.with_suffix(".tmp").replace(cache)
+    write_json(info_path, info)
+    return model.eval(), info
+
+
+# ---------------------------------------------------------------- export, quantize, compile
+
+
+def build_variant(recipe: Recipe, profile: DeviceProfile, splits: DataSplits, ws: Workspace,
+                  progress: bool) -> Built:
+    """Model → ONNX (→ int8 QDQ) → compiled artifact for `profile`, every stage cached."""
+    model, info = compressed_model(recipe, splits, ws, progress)
+    torch_key = content_hash({"base": recipe.base_key(), "steps": recipe.compression_steps})
+    onnx_dir = ws.onnx_dir(torch_key)
+    fp32_path = onnx_dir / "model.onnx"
+    shape = (recipe.measure.batch, 3, recipe.resolution, recipe.resolution)
+    fp32 = OnnxModel(path=fp32_path, input_shape=shape) if fp32_path.is_file() else \
+        export_onnx(model, fp32_path, resolution=recipe.resolution, batch=recipe.measure.batch)
+    deploy, dtype, options = fp32, "fp32", {}
+    for step in recipe.compression_steps:
+        if compress.is_onnx_step(step):
+            deploy, dtype, options = compress.apply_onnx_step(step, fp32, splits=splits, progress=progress,
+                                                               info=info)
+    target = target_json(build_target(profile))
+    lib = ws.artifact_path(content_hash({"onnx": torch_key, "deploy": deploy.path.name}), profile.name,
+                           target, options)
+    artifact = Artifact.load_meta(lib)
+    if artifact is None:
+        log.info("compiling %s for %s", recipe.name, profile.name)
+        artifact = compile_onnx(deploy, profile, lib, **options)
+    else:
+        log.info("reusing compiled artifact %s", lib)
+    return Built(recipe=recipe, model=model, fp32_onnx=fp32, deploy_onnx=deploy, dtype=dtype,
+                 artifact=artifact, step_info=info)
+
+
+# ---------------------------------------------------------------- measure and record
+
+
+def _executor(built: Built, profile: DeviceProfile) -> tuple[Executor, bool]:
+    """Load the artifact locally or on the remote device; returns (executor, emulated)."""
+    if profile.is_remote:
+        from harness.remote import remote_executor
+
+        return remote_executor(profile, built.artifact.path)
+    return LocalExecutor(built.artifact.path, profile.threads), False
+
+
+def _check_agreement(built: Built, executor: Executor, batch: np.ndarray) -> float:
+    """max |TVM − reference| on one batch: PyTorch for fp32, ONNX Runtime (same QDQ model) for int8."""
+    tvm_out = executor.run(batch)
+    if built.dtype == "fp32":
+        with torch.no_grad():
+            ref = built.model(torch.from_numpy(batch)).numpy()
+    else:
+        sess = ort_session(built.deploy_onnx.path, None)
+        ref = sess.run(None, {sess.get_inputs()[0].name: batch})[0]
+    diff = max_abs_diff(tvm_out, ref)
+    scale = max(1.0, float(np.abs(ref).max()))
+    tol = built.recipe.measure.tolerance if built.dtype == "fp32" else built.recipe.measure.int8_tolerance
+    if diff > tol * scale:
+        raise HarnessError(
+            f"recipe {built.recipe.name}: TVM output differs from the reference by {diff:.3g} "
+            f"(> tolerance {tol} × {scale:.3g}); the compiled artifact is wrong"
+        )
+    return diff
+
+
+def measure_variant(built: Built, profile: DeviceProfile, splits: DataSplits, progress: bool) -> dict[str, Any]:
+    """Accuracy and latency of the compiled artifact, with PyTorch and ONNX Runtime peers; one result row."""
+    recipe, spec = built.recipe, built.recipe.measure
+    executor, emulated = _executor(built, profile)
+    batch = next(iter(calibration_batches(splits, spec.batch, spec.batch)))
+    diff = _check_agreement(built, executor, batch)
+    acc = evaluate(executor, splits.val, spec.batch, splits.num_classes, progress, desc=f"eval {recipe.name}")
+    lat = latency_stats(executor.time(batch, spec))
+    threads = profile.threads
+    peers = spec.peers and not profile.is_remote
+    cost = model_cost(built.model, recipe.resolution)
+    return {
+        "recipe": recipe.name, "recipe_key": recipe.key(), "steps": recipe.steps_summary(),
+        "model": recipe.model.name, "width_mult": recipe.width, "resolution": recipe.resolution,
+        "dataset": str(recipe.data.name), "num_classes": splits.num_classes, "dtype": built.dtype,
+        "integer": built.step_info.get("integer"), "prune_ratio": built.step_info.get("prune_ratio"),
+        "calibration": built.step_info.get("calibration"), "params": cost.params, "macs": cost.macs,
+        "onnx_bytes": built.deploy_onnx.bytes, "artifact_bytes": built.artifact.bytes, "device": profile.name,
+        "target": built.artifact.target, "remote": profile.is_remote, "emulated": emulated,
+        "threads": threads, "batch": spec.batch, "top1": acc.top1, "top5": acc.top5,
+        "latency_ms_median": lat.median_ms, "latency_ms_mean": lat.mean_ms, "latency_ms_p90": lat.p90_ms,
+        "latency_ms_min": lat.min_ms, "latency_ms_std": lat.std_ms, "repeats": lat.repeats,
+        "torch_latency_ms": torch_latency(built.model, batch, spec, threads).median_ms if peers else None,
+        "ort_latency_ms": ort_latency(built.deploy_onnx.path, batch, spec, threads).median_ms if peers else None,
+        "max_abs_diff": diff, "compile_s": built.artifact.compile_seconds,
+    }
+
+
+def _compare(rows: list[dict[str, Any]]) -> None:
+    """Fill acc_delta and speedup of each row against the reference row (the first)."""
+    ref = rows[0]
+    for row in rows:
+        row["reference"] = ref["recipe"]
+        row["acc_delta"] = row["top1"] - ref["top1"]
+        row["speedup"] = ref["latency_ms_median"] / row["latency_ms_median"]
+
+
+def run_recipe(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | None = None,
+               progress: bool = True, record: bool = True) -> list[dict[str, Any]]:
+    """Run the recipe and its reference on `profile`; append the rows to the results table."""
+    ws = workspace or Workspace()
+    run_id, run_dir = ws.new_run_dir(recipe.key())
+    variants = [recipe] if not recipe.steps else [recipe.reference(), recipe]
+    rows, started = [], time.time()
+    common = {"run_id": run_id, "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+              "git_rev": git_revision(), "tvm_version": package_versions()["tvm"],
+              "torch_version": package_versions()["torch"]}
+    for variant in variants:
+        splits = load_data(variant.data, variant.resolution)
+        built = build_variant(variant, profile, splits, ws, progress)
+        rows.append(common | measure_variant(built, profile, splits, progress))
+        stem = "reference" if variant is not recipe else "model"
+        link_or_copy(built.artifact.path, run_dir / f"{stem}.so")
+        link_or_copy(built.deploy_onnx.path, run_dir / f"{stem}.onnx")
+    _compare(rows)
+    write_json(run_dir / "run.json", {"recipe": asdict(replace(recipe, steps=())) | {"steps": recipe.steps_summary()},
+                                      "device": asdict(profile), "rows": rows,
+                                      "seconds": time.time() - started, "versions": package_versions()})
+    if record:
+        append_rows(rows, ws.table)
+    return rows
