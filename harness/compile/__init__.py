@@ -57,9 +57,11 @@ class Artifact:
 
 def import_onnx(model: OnnxModel) -> tvm.IRModule:
     """Import an ONNX file into Relax with the batch and resolution fixed to `model.input_shape`."""
+    from google.protobuf.message import DecodeError
+
     try:
         proto = onnx.load(str(model.path))
-    except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+    except (OSError, DecodeError) as exc:
         raise HarnessError(f"cannot read ONNX model {model.path}: {exc}") from None
     return from_onnx(proto, {model.input_name: list(model.input_shape)}, keep_params_in_input=False)
 

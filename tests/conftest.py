@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny recipes and a results folder per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY_RECIPE = {
+    "model": {"name": "test_mobilenet_v1", "width": 0.25},
+    "data": {"name": "digits", "resolution": 32, "eval_samples": 64},
+    "train": {"epochs": 1, "lr": 0.05, "batch_size": 32},
+    "measure": {"repeats": 3, "warmup": 1},
+}
+
+
+@pytest.fixture
+def write_recipe(tmp_path: Path):
+    """Write a recipe mapping to a YAML file and return its path."""
+
+    def write(data: dict, name: str = "tiny") -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return write

@@ -1,0 +1,83 @@
+"""The CLI as users run it: `python -m harness ...` in a subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import TINY_RECIPE
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def harness(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_help_lists_the_commands() -> None:
+    out = harness("--help")
+    assert out.returncode == 0
+    for command in ("run", "inspect", "devices", "results"):
+        assert command in out.stdout
+
+
+def test_inspect_json() -> None:
+    out = harness("inspect", "mobilenet_v1", "--width", "0.5", "--resolution", "160", "--json")
+    info = json.loads(out.stdout)
+    assert info["params"] == 1_331_592 and round(info["macs"] / 1e6) == 77  # paper: 76 M, 1.32 M
+
+
+def test_devices_lists_profiles_with_targets() -> None:
+    out = harness("devices")
+    assert out.returncode == 0
+    assert "rpi4" in out.stdout and "cortex-a72" in out.stdout and "x86" in out.stdout
+
+
+def test_run_tiny_recipe_end_to_end(write_recipe, tmp_path: Path) -> None:
+    recipe = write_recipe(TINY_RECIPE)
+    results = tmp_path / "results"
+    out = harness("-q", "run", str(recipe), "--device", "x86", "--results", str(results))
+    assert out.returncode == 0, out.stderr
+    assert "tiny" in out.stdout and "appended 1 row(s)" in out.stdout
+    table = pd.read_csv(results / "results.csv")
+    row = table.iloc[0]
+    assert row["model"] == "test_mobilenet_v1" and row["device"] == "x86" and row["dtype"] == "fp32"
+    for column in ("latency_ms_median", "latency_ms_mean", "latency_ms_p90", "latency_ms_min", "latency_ms_std",
+                   "torch_latency_ms", "ort_latency_ms", "top1", "top5", "params", "macs", "artifact_bytes"):
+        assert row[column] > 0, column
+    assert row["max_abs_diff"] < 1e-3 and row["emulated"] == False  # noqa: E712
+    run_dir = results / "runs" / row["run_id"]
+    assert (run_dir / "model.so").is_file() and (run_dir / "model.onnx").is_file()
+    assert json.loads((run_dir / "run.json").read_text())["rows"][0]["top1"] == row["top1"]
+    # A second run reuses the cached model and artifact and appends a second row.
+    again = harness("run", str(recipe), "--results", str(results))
+    assert again.returncode == 0 and "reusing trained model" in again.stderr and "reusing compiled" in again.stderr
+    assert len(pd.read_csv(results / "results.csv")) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "absent.yaml"], "error: absent.yaml: file not found"),
+        (["run", "v1_fp32", "--device", "rpi9"], "error: unknown device 'rpi9'; available:"),
+        (["inspect", "mobilenet_v9"], "error: unknown model 'mobilenet_v9'"),
+        (["run", "{recipe}"], "error: {recipe}: unknown key 'modle'"),
+        (["run", "v1_fp32", "--rpc", "nowhere"], "error: direct: expected 'host:port'"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args: list[str], message: str, write_recipe, tmp_path: Path) -> None:
+    recipe = write_recipe({"modle": {"name": "mobilenet_v1"}}, name="bad")
+    args = [a.replace("{recipe}", str(recipe)) for a in args]
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "results.csv").write_text("run_id\nkept\n")
+    out = harness(*args, "--results", str(results)) if args[0] == "run" else harness(*args)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [message.replace("{recipe}", str(recipe))] or \
+        out.stderr.strip().startswith(message.replace("{recipe}", str(recipe)))
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert (results / "results.csv").read_text() == "run_id\nkept\n"

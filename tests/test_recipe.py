@@ -1,0 +1,87 @@
+from pathlib import Path
+
+import pytest
+
+from harness.compress import ResolutionSpec, WidthSpec, step_summary
+from harness.errors import HarnessError
+from harness.recipe import RECIPES_DIR, Recipe, load_recipe, recipe_from_dict
+
+SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_recipe_loads(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem
+    assert recipe.resolution >= 8 and recipe.width > 0
+
+
+def test_recipe_by_name_and_defaults() -> None:
+    recipe = load_recipe("v1_fp32")
+    assert recipe.model.name == "mobilenet_v1"
+    assert recipe.resolution == 224 and recipe.width == 1.0
+    assert recipe.steps == () and recipe.reference().steps == ()
+
+
+def _recipe(**extra) -> dict:
+    return {"model": {"name": "mobilenet_v1"}, **extra}
+
+
+def test_architecture_steps_set_width_and_resolution() -> None:
+    recipe = recipe_from_dict(_recipe(steps=[{"width": 0.5}, {"resolution": 160}]), "r.yaml")
+    assert recipe.width == 0.5 and recipe.resolution == 160
+    assert recipe.steps == (WidthSpec(value=0.5), ResolutionSpec(value=160))
+    assert recipe.compression_steps == ()
+    assert [step_summary(s) for s in recipe.steps] == ["width=0.5", "resolution=160"]
+    rho = recipe_from_dict(_recipe(steps=[{"resolution": 0.5}]), "r.yaml")
+    assert rho.resolution == 112
+
+
+def test_keys_change_with_what_matters() -> None:
+    a = recipe_from_dict(_recipe(), "a.yaml")
+    b = recipe_from_dict(_recipe(description="other words"), "b.yaml")
+    c = recipe_from_dict(_recipe(steps=[{"width": 0.5}]), "c.yaml")
+    assert a.key() == b.key()
+    assert a.base_key() != c.base_key()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_recipe(modle=1), r"r\.yaml: unknown key 'modle'; allowed: .*model"),
+        ({"model": {"name": "mobilenet_v1", "widht": 2}}, r"r\.yaml\.model: unknown key 'widht'"),
+        ({"model": {"name": "mobilenet_v1", "width": "big"}}, r"r\.yaml\.model\.width: expected float, got 'big'"),
+        (_recipe(train={"epochs": "3"}), r"r\.yaml\.train\.epochs: expected int"),
+        (_recipe(data={"name": "mnist"}), r"r\.yaml\.data\.name: 'mnist' is not allowed; expected one of 'digits'"),
+        (_recipe(steps=[{"shrink": 1}]), r"r\.yaml\.steps\[0\]: unknown step 'shrink'; allowed: width, resolution"),
+        (_recipe(steps=[{"width": 0.5, "resolution": 1}]), r"a step is a mapping with one key"),
+        (_recipe(steps=[{"width": -1}]), r"steps\[0\]\.width: width must be in \(0, 4\]"),
+        (_recipe(steps=[{"finetune": {"epochs": 1}}, {"width": 0.5}]), r"width must come before finetune"),
+        (_recipe(steps=[{"finetune": 3}]), r"finetune: expected a mapping of options"),
+        (_recipe(sweep={"depth": [1]}), r"sweep: unknown key 'depth'"),
+        ({}, r"r\.yaml: missing required key 'model'"),
+    ],
+)
+def test_bad_recipes_name_the_key(data: dict, message: str) -> None:
+    with pytest.raises(HarnessError, match=message):
+        recipe_from_dict(data, "r.yaml")
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(HarnessError, match="file not found"):
+        load_recipe(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(HarnessError, match=r"bad\.yaml: invalid YAML \(line"):
+        load_recipe(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n")
+    with pytest.raises(HarnessError, match="expected a mapping at the top level"):
+        load_recipe(listy)
+
+
+def test_recipe_is_frozen() -> None:
+    recipe = load_recipe("v1_fp32")
+    with pytest.raises(AttributeError):
+        recipe.name = "x"  # type: ignore[misc]
+    assert isinstance(recipe, Recipe)

@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.errors import HarnessError
+from harness.measure import latency_stats
+from harness.results import COLUMNS, append_rows, format_rows, load_results
+
+
+def test_append_keeps_old_rows_and_standard_columns(tmp_path: Path) -> None:
+    table = tmp_path / "results.csv"
+    append_rows([{"run_id": "a", "top1": 0.9, "latency_ms_median": 1.5}], table)
+    append_rows([{"run_id": "b", "top1": 0.8, "extra_metric": 3}], table)
+    frame = load_results(table)
+    assert list(frame["run_id"]) == ["a", "b"]
+    assert list(frame.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert "extra_metric" in frame.columns
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_unreadable_table_is_left_untouched(tmp_path: Path) -> None:
+    table = tmp_path / "results.csv"
+    table.write_bytes(b'a,b\n"unterminated\n1,2,3,4\n')
+    before = table.read_bytes()
+    with pytest.raises(HarnessError, match="not a readable results table"):
+        append_rows([{"run_id": "x"}], table)
+    assert table.read_bytes() == before
+
+
+def test_empty_table_and_format() -> None:
+    assert list(load_results(Path("/nonexistent/results.csv")).columns) == list(COLUMNS)
+    text = format_rows([{"recipe": "r", "top1": 0.91234, "latency_ms_median": 12.3456}])
+    assert "0.9123" in text and "12.35" in text
+
+
+def test_latency_stats() -> None:
+    stats = latency_stats([0.001, 0.002, 0.003, 0.004, 0.010])
+    assert stats.median_ms == pytest.approx(3.0)
+    assert stats.mean_ms == pytest.approx(4.0)
+    assert stats.min_ms == pytest.approx(1.0)
+    assert stats.p90_ms == pytest.approx(pd.Series([1, 2, 3, 4, 10]).quantile(0.9))
+    assert stats.std_ms == pytest.approx(pd.Series([1, 2, 3, 4, 10]).std())
+    assert stats.repeats == 5
+    with pytest.raises(ValueError):
+        latency_stats([])
