@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import TINY_RECIPE
 
 REPO = Path(__file__).resolve().parent.parent
