@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,6 +31,39 @@ def _run(args: argparse.Namespace) -> int:
     if not args.no_record:
         print(f"\nappended {len(rows)} row(s) to {ws.table}")
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from harness.device import load_device
+    from harness.pipeline import run_variants
+    from harness.recipe import load_recipe
+    from harness.results import format_rows
+    from harness.sweep import expand
+    from harness.workspace import Workspace
+
+    recipe = load_recipe(args.recipe)
+    grid = {k: v for k, v in (("width", args.width), ("resolution", args.resolution), ("dtype", args.dtype)) if v}
+    variants = expand(recipe, grid or None)
+    profile = load_device(args.device).with_remote(tracker=args.tracker, direct=args.rpc)
+    ws = Workspace(Path(args.results)) if args.results else Workspace()
+    rows = run_variants(variants, recipe.reference(), profile, workspace=ws, progress=not args.quiet,
+                        record=not args.no_record)
+    print(format_rows(rows))
+    if not args.no_record:
+        print(f"\nappended {len(rows)} row(s) to {ws.table}")
+    return 0
+
+
+def _values(kind: type) -> Callable[[str], list]:
+    """argparse type for comma-separated lists, e.g. --width 1,0.75,0.5."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+
+    return parse
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -77,6 +110,14 @@ def _results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="x86", help="device profile name or file (default: x86)")
+    parser.add_argument("--rpc", metavar="HOST:PORT", help="reach the device's RPC server directly")
+    parser.add_argument("--tracker", metavar="HOST:PORT", help="reach the device through this RPC tracker")
+    parser.add_argument("--results", metavar="DIR", help="results folder (default: results/)")
+    parser.add_argument("--no-record", action="store_true", help="print the rows without appending them")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -88,12 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a recipe on a device and append its rows to the results table")
     run.add_argument("recipe", help="recipe file (or shipped recipe name, e.g. v1_fp32)")
-    run.add_argument("--device", default="x86", help="device profile name or file (default: x86)")
-    run.add_argument("--rpc", metavar="HOST:PORT", help="reach the device's RPC server directly")
-    run.add_argument("--tracker", metavar="HOST:PORT", help="reach the device through this RPC tracker")
-    run.add_argument("--results", metavar="DIR", help="results folder (default: results/)")
-    run.add_argument("--no-record", action="store_true", help="print the rows without appending them")
+    _add_device_args(run)
     run.set_defaults(func=_run)
+
+    sweep = sub.add_parser("sweep", help="run a grid of α × ρ × dtype variants of a recipe against its reference")
+    sweep.add_argument("recipe", help="recipe file or name; its `sweep:` mapping is the default grid")
+    sweep.add_argument("--width", type=_values(float), help="α values, e.g. 1,0.75,0.5,0.25")
+    sweep.add_argument("--resolution", type=_values(int), help="input sizes, e.g. 224,160,128")
+    sweep.add_argument("--dtype", type=_values(str), help="fp32,int8,fp16")
+    _add_device_args(sweep)
+    sweep.set_defaults(func=_sweep)
 
     ins = sub.add_parser("inspect", help="parameters and multiply-adds of a model at a width and resolution")
     ins.add_argument("model", help="model name (mobilenet_v1, mobilenet_v2, vgg16, resnet18, ... )")

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -220,36 +220,40 @@ def measure_variant(built: Built, profile: DeviceProfile, splits: DataSplits, pr
     }
 
 
-def _compare(rows: list[dict[str, Any]]) -> None:
-    """Fill acc_delta and speedup of each row against the reference row (the first)."""
-    ref = rows[0]
+def _compare(rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
+    """Fill acc_delta and speedup of each row against the reference row."""
     for row in rows:
         row["reference"] = ref["recipe"]
         row["acc_delta"] = row["top1"] - ref["top1"]
         row["speedup"] = ref["latency_ms_median"] / row["latency_ms_median"]
 
 
-def run_recipe(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | None = None,
-               progress: bool = True, record: bool = True) -> list[dict[str, Any]]:
-    """Run the recipe and its reference on `profile`; append the rows to the results table."""
+def run_variants(variants: list[Recipe], reference: Recipe, profile: DeviceProfile, *,
+                 workspace: Workspace | None = None, progress: bool = True, record: bool = True
+                 ) -> list[dict[str, Any]]:
+    """Measure `reference` and each variant in one run on `profile`; append the rows to the results table."""
     ws = workspace or Workspace()
-    run_id, run_dir = ws.new_run_dir(recipe.key())
-    variants = [recipe] if not recipe.steps else [recipe.reference(), recipe]
-    rows, started = [], time.time()
+    todo = [reference] + [v for v in variants if v.key() != reference.key()]
+    run_id, run_dir = ws.new_run_dir(content_hash([v.key() for v in todo]))
+    versions = package_versions()
     common = {"run_id": run_id, "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-              "git_rev": git_revision(), "tvm_version": package_versions()["tvm"],
-              "torch_version": package_versions()["torch"]}
-    for variant in variants:
+              "git_rev": git_revision(), "tvm_version": versions["tvm"], "torch_version": versions["torch"]}
+    rows, started = [], time.time()
+    for i, variant in enumerate(todo):
+        log.info("[%d/%d] %s", i + 1, len(todo), variant.name)
         splits = load_data(variant.data, variant.resolution)
         built = build_variant(variant, profile, splits, ws, progress)
         rows.append(common | measure_variant(built, profile, splits, progress))
-        stem = "reference" if variant is not recipe else "model"
-        link_or_copy(built.artifact.path, run_dir / f"{stem}.so")
-        link_or_copy(built.deploy_onnx.path, run_dir / f"{stem}.onnx")
-    _compare(rows)
-    write_json(run_dir / "run.json", {"recipe": asdict(replace(recipe, steps=())) | {"steps": recipe.steps_summary()},
-                                      "device": asdict(profile), "rows": rows,
-                                      "seconds": time.time() - started, "versions": package_versions()})
+        link_or_copy(built.artifact.path, run_dir / f"{i:02d}-{variant.key()[:8]}.so")
+        link_or_copy(built.deploy_onnx.path, run_dir / f"{i:02d}-{variant.key()[:8]}.onnx")
+    _compare(rows, rows[0])
+    write_json(run_dir / "run.json", {"recipes": [v.name for v in todo], "device": asdict(profile), "rows": rows,
+                                      "seconds": time.time() - started, "versions": versions})
     if record:
         append_rows(rows, ws.table)
     return rows
+
+
+def run_recipe(recipe: Recipe, profile: DeviceProfile, **kwargs: Any) -> list[dict[str, Any]]:
+    """Run `recipe` (and, when it has steps, its uncompressed reference) on `profile`."""
+    return run_variants([recipe], recipe.reference() if recipe.steps else recipe, profile, **kwargs)
