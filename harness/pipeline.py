@@ -198,7 +198,9 @@ def measure_variant(built: Built, profile: DeviceProfile, splits: DataSplits, pr
     executor, emulated = _executor(built, profile)
     batch = next(iter(calibration_batches(splits, spec.batch, spec.batch)))
     diff = _check_agreement(built, executor, batch)
+    log.info("evaluating %s on %d images (%s)", recipe.name, len(splits.val), "remote" if profile.is_remote else "local")
     acc = evaluate(executor, splits.val, spec.batch, splits.num_classes, progress, desc=f"eval {recipe.name}")
+    log.info("top-1 %.4f; timing %d repeats", acc.top1, spec.repeats)
     lat = latency_stats(executor.time(batch, spec))
     threads = profile.threads
     peers = spec.peers and not profile.is_remote
