@@ -235,7 +235,8 @@ def run_variants(variants: list[Recipe], reference: Recipe, profile: DeviceProfi
                  ) -> list[dict[str, Any]]:
     """Measure `reference` and each variant in one run on `profile`; append the rows to the results table."""
     ws = workspace or Workspace()
-    todo = [reference] + [v for v in variants if v.key() != reference.key()]
+    same = [v for v in variants if v.key() == reference.key()]
+    todo = [same[0] if same else reference] + [v for v in variants if v.key() != reference.key()]
     run_id, run_dir = ws.new_run_dir(content_hash([v.key() for v in todo]))
     versions = package_versions()
     common = {"run_id": run_id, "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

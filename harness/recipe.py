@@ -128,8 +128,8 @@ class Recipe:
         )
 
     def key(self) -> str:
-        """Content hash of the whole recipe (name and description excluded)."""
-        return content_hash({"base": self.base_key(), "steps": self.steps, "measure": self.measure})
+        """Content hash of what is built and measured (name, description and spelling of steps excluded)."""
+        return content_hash({"base": self.base_key(), "steps": self.compression_steps, "measure": self.measure})
 
     def steps_summary(self) -> str:
         """The steps as a compact string for the results table, e.g. 'width=0.5;prune(ratio=0.5)'."""
