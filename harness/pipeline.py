@@ -198,7 +198,8 @@ def measure_variant(built: Built, profile: DeviceProfile, splits: DataSplits, pr
     executor, emulated = _executor(built, profile)
     batch = next(iter(calibration_batches(splits, spec.batch, spec.batch)))
     diff = _check_agreement(built, executor, batch)
-    log.info("evaluating %s on %d images (%s)", recipe.name, len(splits.val), "remote" if profile.is_remote else "local")
+    where = "remote" if profile.is_remote else "local"
+    log.info("evaluating %s on %d images (%s)", recipe.name, len(splits.val), where)
     acc = evaluate(executor, splits.val, spec.batch, splits.num_classes, progress, desc=f"eval {recipe.name}")
     log.info("top-1 %.4f; timing %d repeats", acc.top1, spec.repeats)
     lat = latency_stats(executor.time(batch, spec))
@@ -219,7 +220,7 @@ def measure_variant(built: Built, profile: DeviceProfile, splits: DataSplits, pr
         "torch_latency_ms": torch_latency(built.model, batch, spec, threads).median_ms if peers else None,
         "ort_latency_ms": ort_latency(built.deploy_onnx.path, batch, spec, threads).median_ms if peers else None,
         "max_abs_diff": diff, "compile_s": built.artifact.compile_seconds,
-    }
+    } | built.artifact.details
 
 
 def _compare(rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:

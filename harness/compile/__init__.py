@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 import tvm
@@ -35,6 +36,7 @@ class Artifact:
     target: str  # JSON
     cross_compiled: bool
     compile_seconds: float
+    details: dict[str, Any] = field(default_factory=dict)  # compiler reports, e.g. fp16 or integer op counts
 
     @property
     def bytes(self) -> int:
@@ -84,11 +86,18 @@ def _export(executable: tvm.runtime.Executable, path: Path, profile: DeviceProfi
     tmp.replace(path)
 
 
-def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path) -> Artifact:
-    """Import, build for the profile's target and export a shared library to `out_path`."""
+def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *, fp16: bool = False) -> Artifact:
+    """Import, build for the profile's target and export a shared library to `out_path`.
+
+    `fp16`: convolutions and matrix products computed in float16 (Relax ToMixedPrecision).
+    """
     target = build_target(profile)
     start = time.perf_counter()
     mod = import_onnx(model)
+    details: dict[str, Any] = {}
+    if fp16:
+        mod = tvm.relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
+        details["fp16"] = True
     log.info("building %s for %s", model.path.name, target)
     executable = tvm.compile(mod, target)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +111,7 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path) -> Ar
         target=target_json(target),
         cross_compiled=bool(profile.cross_compiler),
         compile_seconds=time.perf_counter() - start,
+        details=details,
     )
     artifact.save_meta()
     return artifact

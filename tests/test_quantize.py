@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from harness.compile import compile_onnx
+from harness.compress.quantize import CalibrationMethod, QuantizeSpec, quantize_onnx
+from harness.data import calibration_batches, load_data
+from harness.device import load_device
+from harness.errors import HarnessError
+from harness.export import export_onnx
+from harness.measure import LocalExecutor, ort_session
+from harness.models import build_model
+from harness.recipe import DataSpec
+from harness.train import fit
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    torch.manual_seed(0)
+    splits = load_data(DataSpec(eval_samples=96), 32)
+    model = build_model("test_mobilenet_v1", width=0.5, num_classes=10)
+    fit(model, splits.train, epochs=2, lr=0.05, batch_size=32, progress=False)
+    exported = export_onnx(model, tmp_path_factory.mktemp("q") / "fp32.onnx", resolution=32)
+    return splits, exported
+
+
+def _predict(path: Path, images: np.ndarray) -> np.ndarray:
+    sess = ort_session(path, 1)
+    return sess.run(None, {"input": images})[0]
+
+
+@pytest.mark.parametrize("method", list(CalibrationMethod))
+def test_qdq_model_validates_runs_and_agrees(trained, method: CalibrationMethod, tmp_path: Path) -> None:
+    splits, exported = trained
+    out = tmp_path / "int8.onnx"
+    spec = QuantizeSpec(calibration=method, calibration_samples=64)
+    report = quantize_onnx(exported.path, out, spec, calibration_batches(splits, 64, 16), progress=False)
+    onnx.checker.check_model(str(out))
+    assert report.samples == 64 and report.quantize_nodes > 0 and report.dequantize_nodes > report.quantize_nodes
+    images = np.stack([splits.val[i][0].numpy() for i in range(96)])
+    fp32, int8 = _predict(exported.path, images), _predict(out, images)
+    assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.95
+
+
+def test_int8_compiles_in_tvm_and_matches_onnx_runtime(trained, tmp_path: Path) -> None:
+    splits, exported = trained
+    out = tmp_path / "int8.onnx"
+    quantize_onnx(exported.path, out, QuantizeSpec(calibration_samples=32), calibration_batches(splits, 32, 16),
+                  progress=False)
+    exported_int8 = type(exported)(path=out, input_shape=exported.input_shape)
+    artifact = compile_onnx(exported_int8, load_device("x86"), tmp_path / "int8.so")
+    x = splits.val[0][0].numpy()[None]
+    np.testing.assert_allclose(LocalExecutor(artifact.path, 1).run(x), _predict(out, x), atol=0.05)
+
+
+def test_errors(trained, tmp_path: Path) -> None:
+    _, exported = trained
+    with pytest.raises(HarnessError, match="ONNX model not found"):
+        quantize_onnx(tmp_path / "absent.onnx", tmp_path / "o.onnx", QuantizeSpec(), [])
+    with pytest.raises(HarnessError, match="dtype 'fp16' needs no ONNX quantization"):
+        quantize_onnx(exported.path, tmp_path / "o.onnx", QuantizeSpec(dtype="fp16"), [])
+    with pytest.raises(ValueError, match="calibration_samples must be >= 1"):
+        QuantizeSpec(calibration_samples=0)
