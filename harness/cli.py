@@ -54,6 +54,36 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sensitivity(args: argparse.Namespace) -> int:
+    import yaml
+
+    from harness.compress import sensitivity
+    from harness.data import load_data
+    from harness.pipeline import trained_base
+    from harness.recipe import load_recipe
+    from harness.results import write_json
+    from harness.train import evaluate
+    from harness.workspace import Workspace
+
+    recipe = load_recipe(args.recipe)
+    ws = Workspace(Path(args.results)) if args.results else Workspace()
+    splits = load_data(recipe.data, recipe.resolution)
+    model = trained_base(recipe, splits, ws, progress=not args.quiet)
+    table = sensitivity.analyze(model, lambda m: evaluate(m, splits.val), recipe.resolution, ratios=args.ratios,
+                                progress=not args.quiet)
+    out = ws.root / "sensitivity" / f"{recipe.name}-{recipe.base_key()[:8]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out.with_suffix(".csv"), index=False)
+    sensitivity.plot(table, out.with_suffix(".png"), title=f"{recipe.name}: pruning sensitivity (PyTorch top-1)")
+    ratios = sensitivity.suggest_layer_ratios(table, args.max_drop)
+    write_json(out.with_suffix(".json"), {"max_drop": args.max_drop, "layer_ratios": ratios})
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\nwrote {out}.csv and {out}.png")
+    print(f"per-layer ratios keeping each drop <= {args.max_drop} (paste into a prune step):")
+    print(yaml.safe_dump({"layer_ratios": ratios}, sort_keys=False).rstrip())
+    return 0
+
+
 def _values(kind: type) -> Callable[[str], list]:
     """argparse type for comma-separated lists, e.g. --width 1,0.75,0.5."""
 
@@ -139,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dtype", type=_values(str), help="fp32,int8,fp16")
     _add_device_args(sweep)
     sweep.set_defaults(func=_sweep)
+
+    sens = sub.add_parser("sensitivity", help="prune one layer at a time at several ratios; table, plot, ratios")
+    sens.add_argument("recipe", help="recipe file or name (its trained base model is analysed)")
+    sens.add_argument("--ratios", type=_values(float), default=[0.1, 0.3, 0.5, 0.7], help="default 0.1,0.3,0.5,0.7")
+    sens.add_argument("--max-drop", type=float, default=0.01, help="top-1 drop allowed per layer (default 0.01)")
+    sens.add_argument("--results", metavar="DIR", help="results folder (default: results/)")
+    sens.set_defaults(func=_sensitivity)
 
     ins = sub.add_parser("inspect", help="parameters and multiply-adds of a model at a width and resolution")
     ins.add_argument("model", help="model name (mobilenet_v1, mobilenet_v2, vgg16, resnet18, ... )")
