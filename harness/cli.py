@@ -54,6 +54,26 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from harness.device import load_device
+    from harness.pipeline import tune_variants, tuning_database
+    from harness.recipe import load_recipe
+    from harness.workspace import Workspace
+
+    recipes = [load_recipe(r) for r in args.recipe]
+    variants = {}
+    for recipe in recipes:
+        for variant in (recipe.reference(), recipe):
+            variants.setdefault(variant.key(), variant)
+    profile = load_device(args.device).with_remote(tracker=args.tracker, direct=args.rpc)
+    ws = Workspace(Path(args.results)) if args.results else Workspace()
+    report = tune_variants(list(variants.values()), profile, trials=args.trials, minutes=args.minutes,
+                           workspace=ws, progress=not args.quiet)
+    print(f"tuned {', '.join(r.name for r in recipes)} for {profile.name}: {report.summary()}")
+    print(f"database: {tuning_database(profile, ws)}")
+    return 0
+
+
 def _sensitivity(args: argparse.Namespace) -> int:
     import yaml
 
@@ -169,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dtype", type=_values(str), help="fp32,int8,fp16")
     _add_device_args(sweep)
     sweep.set_defaults(func=_sweep)
+
+    tune = sub.add_parser("tune", help="tune a recipe's kernels with MetaSchedule into the device's database")
+    tune.add_argument("recipe", nargs="+", help="recipe file(s) or name(s); their references are tuned too")
+    tune.add_argument("--trials", type=int, default=1000, help="measured candidates in all (default 1000)")
+    tune.add_argument("--minutes", type=float, help="time budget; stops at whichever of trials/minutes comes first")
+    tune.add_argument("--device", default="x86", help="device profile name or file (default: x86)")
+    tune.add_argument("--rpc", metavar="HOST:PORT", help="measure on the device's RPC server directly")
+    tune.add_argument("--tracker", metavar="HOST:PORT", help="measure on devices of the profile's key at this tracker")
+    tune.add_argument("--results", metavar="DIR", help="results folder holding tuning/ (default: results/)")
+    tune.set_defaults(func=_tune)
 
     sens = sub.add_parser("sensitivity", help="prune one layer at a time at several ratios; table, plot, ratios")
     sens.add_argument("recipe", help="recipe file or name (its trained base model is analysed)")

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from harness import compress
-from harness.compile import Artifact, compile_onnx
+from harness.compile import Artifact, compile_onnx, prepare_module, tuning
 from harness.compile.target import build_target, target_json
 from harness.compress.finetune import FinetuneSpec
 from harness.data import DataSplits, calibration_batches, load_data
@@ -132,13 +133,25 @@ def compressed_model(recipe: Recipe, splits: DataSplits, ws: Workspace, progress
 # ---------------------------------------------------------------- export, quantize, compile
 
 
-def build_variant(recipe: Recipe, profile: DeviceProfile, splits: DataSplits, ws: Workspace,
-                  progress: bool) -> Built:
-    """Model → ONNX (→ int8 QDQ) → compiled artifact for `profile`, every stage cached."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Deployable:
+    """A model variant up to the file that is compiled (before any device is involved)."""
+
+    recipe: Recipe
+    model: nn.Module
+    fp32_onnx: OnnxModel
+    deploy_onnx: OnnxModel  # fp32, or the QDQ int8 model
+    dtype: str
+    options: dict[str, Any]  # compile options from the steps (e.g. fp16)
+    onnx_key: str
+    step_info: dict[str, Any]
+
+
+def deployable(recipe: Recipe, splits: DataSplits, ws: Workspace, progress: bool) -> Deployable:
+    """Model → ONNX (→ int8 QDQ), every stage cached."""
     model, info = compressed_model(recipe, splits, ws, progress)
     torch_key = content_hash({"base": recipe.base_key(), "steps": recipe.compression_steps})
-    onnx_dir = ws.onnx_dir(torch_key)
-    fp32_path = onnx_dir / "model.onnx"
+    fp32_path = ws.onnx_dir(torch_key) / "model.onnx"
     shape = (recipe.measure.batch, 3, recipe.resolution, recipe.resolution)
     fp32 = OnnxModel(path=fp32_path, input_shape=shape) if fp32_path.is_file() else \
         export_onnx(model, fp32_path, resolution=recipe.resolution, batch=recipe.measure.batch)
@@ -147,17 +160,53 @@ def build_variant(recipe: Recipe, profile: DeviceProfile, splits: DataSplits, ws
         if compress.is_onnx_step(step):
             deploy, dtype, options = compress.apply_onnx_step(step, fp32, splits=splits, progress=progress,
                                                                info=info)
+    return Deployable(recipe=recipe, model=model, fp32_onnx=fp32, deploy_onnx=deploy, dtype=dtype,
+                      options=options, onnx_key=content_hash({"onnx": torch_key, "deploy": deploy.path.name}),
+                      step_info=info)
+
+
+def tuning_database(profile: DeviceProfile, ws: Workspace) -> Path:
+    """The tuning database of `profile`'s target in `ws`."""
+    return tuning.database_dir(ws.tuning_root, profile.name, build_target(profile))
+
+
+def build_variant(recipe: Recipe, profile: DeviceProfile, splits: DataSplits, ws: Workspace,
+                  progress: bool) -> Built:
+    """Model → ONNX (→ int8 QDQ) → compiled artifact for `profile`, every stage cached.
+
+    The artifact's cache key includes the tuning database's contents: new schedules mean a rebuild.
+    """
+    dep = deployable(recipe, splits, ws, progress)
+    database = tuning_database(profile, ws)
     target = target_json(build_target(profile))
-    lib = ws.artifact_path(content_hash({"onnx": torch_key, "deploy": deploy.path.name}), profile.name,
-                           target, options)
+    lib = ws.artifact_path(dep.onnx_key, profile.name, target,
+                           dep.options | {"tuning": tuning.database_fingerprint(database)})
     artifact = Artifact.load_meta(lib)
     if artifact is None:
         log.info("compiling %s for %s", recipe.name, profile.name)
-        artifact = compile_onnx(deploy, profile, lib, **options)
+        artifact = compile_onnx(dep.deploy_onnx, profile, lib, database=database, **dep.options)
     else:
         log.info("reusing compiled artifact %s", lib)
-    return Built(recipe=recipe, model=model, fp32_onnx=fp32, deploy_onnx=deploy, dtype=dtype,
-                 artifact=artifact, step_info=info)
+    return Built(recipe=recipe, model=dep.model, fp32_onnx=dep.fp32_onnx, deploy_onnx=dep.deploy_onnx,
+                 dtype=dep.dtype, artifact=artifact, step_info=dep.step_info)
+
+
+def tune_variants(variants: list[Recipe], profile: DeviceProfile, *, trials: int, minutes: float | None = None,
+                  workspace: Workspace | None = None, progress: bool = True) -> tuning.TuneReport:
+    """Tune the kernels of all `variants` (as compiled for `profile`) into the device's database, together.
+
+    Kernels shared between variants are tuned once; kernels already in the database are skipped.
+    """
+    ws = workspace or Workspace()
+    mods = []
+    for variant in variants:
+        splits = load_data(variant.data, variant.resolution)
+        dep = deployable(variant, splits, ws, progress)
+        mods.append(prepare_module(dep.deploy_onnx, **dep.options))
+    database = tuning_database(profile, ws)
+    log.info("tuning %d model(s) for %s into %s", len(mods), profile.name, database)
+    return tuning.tune(mods, build_target(profile), database, trials=trials, minutes=minutes, profile=profile,
+                       progress=progress)
 
 
 # ---------------------------------------------------------------- measure and record
@@ -243,6 +292,11 @@ def run_variants(variants: list[Recipe], reference: Recipe, profile: DeviceProfi
     common = {"run_id": run_id, "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "git_rev": git_revision(), "tvm_version": versions["tvm"], "torch_version": versions["torch"]}
     rows, started = [], time.time()
+    spec = max((v.tune for v in todo), key=lambda t: t.trials)
+    if spec.trials > 0:
+        report = tune_variants(todo, profile, trials=spec.trials, minutes=spec.minutes, workspace=ws,
+                               progress=progress)
+        log.info("tuning: %s", report.summary())
     for i, variant in enumerate(todo):
         log.info("[%d/%d] %s", i + 1, len(todo), variant.name)
         splits = load_data(variant.data, variant.resolution)

@@ -84,6 +84,18 @@ class MeasureSpec:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TuneSpec:
+    """MetaSchedule tuning before compiling (`harness tune` does the same on demand). 0 trials: none."""
+
+    trials: int = 0  # measured candidates over all of the recipe's kernels not yet in the database
+    minutes: float | None = None  # time budget; tuning stops at whichever of trials and minutes comes first
+
+    def __post_init__(self) -> None:
+        if self.trials < 0 or (self.minutes is not None and self.minutes <= 0):
+            raise ValueError("tune needs trials >= 0 and minutes > 0")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Recipe:
     """What to build and how to compress it. Steps apply in order after the base model is trained."""
 
@@ -94,6 +106,7 @@ class Recipe:
     train: TrainSpec = field(default_factory=TrainSpec)
     steps: tuple[StepSpec, ...] = ()
     measure: MeasureSpec = field(default_factory=MeasureSpec)
+    tune: TuneSpec = field(default_factory=TuneSpec)  # not part of key(): it changes speed, not the model
     sweep: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     @property

@@ -46,6 +46,11 @@ class Workspace:
                             "versions": package_versions()})
         return self.root / "cache" / "artifacts" / device / key / "model.so"
 
+    @property
+    def tuning_root(self) -> Path:
+        """Tuning databases: `tuning/<device>/<target hash>/` (see harness.compile.tuning)."""
+        return self.root / "tuning"
+
     def new_run_dir(self, recipe_key: str) -> tuple[str, Path]:
         """A fresh run folder named by time and recipe hash."""
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{recipe_key[:8]}"

@@ -86,20 +86,39 @@ def _export(executable: tvm.runtime.Executable, path: Path, profile: DeviceProfi
     tmp.replace(path)
 
 
-def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *, fp16: bool = False) -> Artifact:
-    """Import, build for the profile's target and export a shared library to `out_path`.
+def prepare_module(model: OnnxModel, *, fp16: bool = False) -> tvm.IRModule:
+    """The Relax module that is compiled (and tuned): the imported ONNX graph, weights bound as constants.
 
     `fp16`: convolutions and matrix products computed in float16 (Relax ToMixedPrecision).
     """
-    target = build_target(profile)
-    start = time.perf_counter()
     mod = import_onnx(model)
-    details: dict[str, Any] = {}
     if fp16:
         mod = tvm.relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
-        details["fp16"] = True
-    log.info("building %s for %s", model.path.name, target)
-    executable = tvm.compile(mod, target)
+    return mod
+
+
+def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *, fp16: bool = False,
+                 database: Path | None = None) -> Artifact:
+    """Import, build for the profile's target and export a shared library to `out_path`.
+
+    `database`: a MetaSchedule tuning database (see harness.compile.tuning); kernels it has schedules
+    for are built with them, the rest untuned. The artifact's details say how many were tuned.
+    """
+    from harness.compile import tuning
+
+    target = build_target(profile)
+    start = time.perf_counter()
+    mod = prepare_module(model, fp16=fp16)
+    details: dict[str, Any] = {"fp16": True} if fp16 else {}
+    if database is not None and tuning.database_fingerprint(database) is not None:
+        covered = tuning.coverage([mod], target, database)
+        log.info("building %s for %s with tuned schedules for %s kernels", model.path.name, profile.name, covered)
+        executable = tuning.compile_with_database(mod, target, database)
+        details["tuned_kernels"] = str(covered)
+    else:
+        log.info("building %s for %s (untuned: no tuning database)", model.path.name, profile.name)
+        executable = tvm.compile(mod, target)
+        details["tuned_kernels"] = "untuned"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _export(executable, out_path, profile)
     artifact = Artifact(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import tvm
@@ -20,8 +21,13 @@ def resolve_target_dict(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_target(profile: DeviceProfile) -> tvm.target.Target:
-    """The TVM target of `profile` (with its host target for GPUs)."""
+    """The TVM target of `profile` (with its host target for GPUs).
+
+    CPU targets get `num-cores` (MetaSchedule needs it) from the profile's threads when they lack it.
+    """
     spec = resolve_target_dict(profile.target)
+    if spec.get("kind") == "llvm" and "num-cores" not in spec:
+        spec["num-cores"] = profile.threads or os.cpu_count() or 1
     if profile.host_target is not None:
         spec["host"] = resolve_target_dict(profile.host_target)
     try:

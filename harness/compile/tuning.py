@@ -1,0 +1,270 @@
+"""MetaSchedule tuning with persistent databases, one per device profile and target.
+
+A database lives in `<results>/tuning/<device>/<hash of the resolved target>/` (MetaSchedule's JSON
+workload and tuning-record files). Records are found by workload (the structural hash of each fused TIR
+kernel), so α/ρ/pruning variants and different recipes share the kernels they have in common. They are
+not portable across targets: a schedule tuned for one CPU is wrong or slow on another, hence the target
+hash in the path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+import tvm_ffi
+from tqdm import tqdm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
+from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
+from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+from harness.compile.target import target_json
+from harness.device import DeviceProfile, parse_hostport
+from harness.errors import HarnessError
+
+log = logging.getLogger(__name__)
+
+RECORDS = "database_tuning_record.json"
+WORKLOADS = "database_workload.json"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TuningCoverage:
+    """How many of a module's tuning tasks (unique fused kernels) have a tuned schedule in the database."""
+
+    tuned: int
+    total: int
+
+    def __str__(self) -> str:
+        return f"{self.tuned}/{self.total}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TuneReport:
+    """What one tuning session did."""
+
+    tasks: int  # unique kernels over all modules
+    tasks_tuned_before: int  # of them, already in the database (skipped)
+    trials: int  # candidates measured in this session
+    seconds: float
+    stopped_by_deadline: bool
+    coverage: TuningCoverage
+
+    def summary(self) -> str:
+        stop = ", stopped by the time budget" if self.stopped_by_deadline else ""
+        return (f"{self.tasks} kernels ({self.tasks_tuned_before} tuned before), {self.trials} trials in "
+                f"{self.seconds:.0f} s{stop}; tuned now: {self.coverage}")
+
+
+def database_dir(root: Path, device: str, target: tvm.target.Target) -> Path:
+    """Where the database of `device` for `target` lives (keyed by the resolved target's JSON)."""
+    digest = hashlib.sha256(target_json(target).encode()).hexdigest()[:12]
+    return root / device / digest
+
+
+def database_fingerprint(path: Path) -> str | None:
+    """A hash of the tuning records at `path` (None when there are none), for artifact cache keys."""
+    records = path / RECORDS
+    if not records.is_file() or records.stat().st_size == 0:
+        return None
+    return hashlib.sha256(records.read_bytes()).hexdigest()[:16]
+
+
+def open_database(path: Path) -> ms.database.JSONDatabase:
+    """The JSON database at `path` (created empty if absent)."""
+    path.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(path_workload=str(path / WORKLOADS), path_tuning_record=str(path / RECORDS),
+                                    allow_missing=True)
+
+
+def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Lower to fused TIR kernels exactly as the database-aware build does, so workload keys match."""
+    from tvm import relax
+
+    seq = [*relax.pipeline.library_dispatch_passes(target), relax.transform.LegalizeOps(),
+           relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
+           relax.transform.FuseTIR()]
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(seq)(mod)
+
+
+def extract_tasks(mods: Sequence[tvm.IRModule], target: tvm.target.Target) -> list[ms.ExtractedTask]:
+    """The unique fused TIR kernels of `mods`, identical workloads merged (their weights summed)."""
+    merged: dict[int, tuple[ms.ExtractedTask, int]] = {}
+    for mod in mods:
+        for task in ms.relax_integration.extract_tasks(fuse(mod, target), target):
+            key = tvm_ffi.structural_hash(task.dispatched[0])
+            first, weight = merged.get(key, (task, 0))
+            merged[key] = (first, weight + int(task.weight))
+    return [task if task.weight == weight else
+            ms.ExtractedTask(task.task_name, task.mod, task.target, task.dispatched, weight)
+            for task, weight in merged.values()]
+
+
+def _is_tuned(db: ms.database.Database, task: ms.ExtractedTask, target: tvm.target.Target) -> bool:
+    mod = task.dispatched[0]
+    return db.has_workload(mod) and db.query_tuning_record(mod, target, task.task_name) is not None
+
+
+def coverage(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path) -> TuningCoverage:
+    """How many of the tasks of `mods` the database at `db_path` has schedules for."""
+    tasks = extract_tasks(mods, target)
+    if database_fingerprint(db_path) is None:
+        return TuningCoverage(tuned=0, total=len(tasks))
+    db = open_database(db_path)
+    return TuningCoverage(tuned=sum(_is_tuned(db, t, target) for t in tasks), total=len(tasks))
+
+
+def _warm_worker() -> None:
+    """Pay TVM's one-off costs (tensor-intrinsic registration parses ~250 TVMScript functions) once per worker."""
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+@derived_object
+class WarmBuilder(PyBuilder):
+    """MetaSchedule's LocalBuilder, but with a worker pool kept across batches.
+
+    LocalBuilder starts fresh workers for every batch, and each fresh worker spends ~20 s on this host
+    importing TVM's tensor intrinsics before its first build: most of the tuning time. The pool here is
+    recycled every `recycle_after` batches instead (LocalBuilder restarts to bound a worker memory leak).
+    """
+
+    def __init__(self, *, max_workers: int = 2, timeout_sec: float = 60.0, f_export=None,  # noqa: ANN001
+                 recycle_after: int = 40) -> None:
+        super().__init__()
+        self.max_workers, self.timeout_sec, self.f_export = max_workers, timeout_sec, f_export
+        self.recycle_after, self.batches, self.pool = recycle_after, 0, None
+
+    def _executor(self) -> PopenPoolExecutor:
+        if self.pool is not None and self.batches >= self.recycle_after:
+            self.pool.shutdown()
+            self.pool = None
+        if self.pool is None:
+            self.pool, self.batches = PopenPoolExecutor(max_workers=self.max_workers, timeout=None,
+                                                        initializer=_warm_worker), 0
+        self.batches += 1
+        return self.pool
+
+    def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
+        args = [(None, self.f_export, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
+        results = []
+        for res in self._executor().map_with_error_catching(lambda x: _worker_func(*x), args):
+            if res.status == StatusKind.COMPLETE:
+                results.append(BuilderResult(res.value, None))
+            else:
+                results.append(BuilderResult(None, f"WarmBuilder: {res.status.name}: {res.value}"))
+        return results
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+
+def _cross_export(compiler: str):  # noqa: ANN202
+    """An export function for MetaSchedule builders that links candidates for a remote board."""
+
+    def export(mod: tvm.runtime.Module) -> str:
+        import tempfile
+
+        from tvm.support import cc
+
+        path = str(Path(tempfile.mkdtemp()) / "candidate.so")
+        mod.export_library(path, fcompile=cc.cross_compiler(compiler))
+        return path
+
+    return export
+
+
+def runner_for(profile: DeviceProfile) -> ms.runner.Runner:
+    """Measure candidates locally, or on the profile's board over TVM RPC (tracker or direct server)."""
+    if not profile.is_remote:
+        return ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1,
+                                                                               min_repeat_ms=20))
+    remote = profile.remote
+    if remote.tracker is None:
+        raise HarnessError(f"device {profile.name}: tuning over RPC needs a tracker (--tracker HOST:PORT)")
+    host, port = parse_hostport(remote.tracker, f"device {profile.name} tracker")
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=remote.key,
+                                 session_timeout_sec=int(remote.timeout_s))
+    return ms.runner.RPCRunner(rpc_config=config,
+                               evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20))
+
+
+@derived_object
+class _Progress(ms.measure_callback.PyMeasureCallback):
+    """Advances the progress bar per measured candidate; ends every task once the deadline has passed."""
+
+    def __init__(self, bar: tqdm, num_tasks: int, deadline: float | None) -> None:
+        super().__init__()
+        self.bar, self.num_tasks, self.deadline = bar, num_tasks, deadline
+        self.trials, self.best, self.done, self.stopped = 0, {}, set(), False
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:  # noqa: ANN001
+        self.trials += len(runner_results)
+        for result in runner_results:
+            if result.run_secs:
+                secs = sum(float(s) for s in result.run_secs) / len(result.run_secs)
+                self.best[task_id] = min(self.best.get(task_id, float("inf")), secs)
+        self.done.add(task_id)
+        self.bar.update(len(runner_results))
+        self.bar.set_postfix_str(f"tasks {len(self.done)}/{self.num_tasks}, "
+                                 f"sum of best kernels {1e3 * sum(self.best.values()):.2f} ms")
+        if self.deadline is not None and time.monotonic() > self.deadline and not self.stopped:
+            self.stopped = True
+            for i in range(self.num_tasks):
+                task_scheduler.terminate_task(i)
+
+
+def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path, *, trials: int,
+         minutes: float | None = None, profile: DeviceProfile | None = None, progress: bool = True) -> TuneReport:
+    """Tune the kernels of `mods` that the database lacks: up to `trials` measurements, or `minutes`.
+
+    Tasks already tuned for this target are skipped, so re-tuning covered modules spends nothing.
+    Each task gets an equal share of the trials; the gradient scheduler spends them where latency falls most.
+    """
+    start = time.monotonic()
+    tasks = extract_tasks(mods, target)
+    db = open_database(db_path)
+    todo = [t for t in tasks if not _is_tuned(db, t, target)]
+    log.info("%d tuning tasks, %d already tuned for this target", len(tasks), len(tasks) - len(todo))
+    measured, stopped = 0, False
+    if todo and trials > 0:
+        per_task = max(8, -(-trials // len(todo)))
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # its per-trial tables
+        work_dir = db_path / "logs"
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32,
+                                                         genetic_num_iters=3)
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, str(work_dir),
+                                                                                  strategy=strategy)
+        deadline = start + 60 * minutes if minutes else None
+        builder = WarmBuilder(f_export=_cross_export(profile.cross_compiler)
+                              if profile is not None and profile.cross_compiler else None)
+        runner = runner_for(profile) if profile is not None else ms.runner.LocalRunner()
+        with tqdm(total=trials, desc="tune", unit="trial", disable=None if progress else True) as bar:
+            stats = _Progress(bar, len(todo), deadline)
+            try:
+                ms.tune.tune_tasks(
+                    tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
+                    max_trials_per_task=per_task, num_trials_per_iter=min(16, per_task), database=db,
+                    builder=builder, runner=runner,
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), stats])
+            finally:
+                builder.close()
+            measured, stopped = stats.trials, stats.stopped
+    return TuneReport(tasks=len(tasks), tasks_tuned_before=len(tasks) - len(todo),
+                      trials=measured, seconds=time.monotonic() - start,
+                      stopped_by_deadline=stopped, coverage=coverage(mods, target, db_path))
+
+
+def compile_with_database(mod: tvm.IRModule, target: tvm.target.Target, db_path: Path) -> tvm.runtime.Executable:
+    """Build `mod`, taking every kernel the database has a schedule for (the rest untuned)."""
+    with tvm.transform.PassContext(opt_level=3):
+        return ms.relax_integration.compile_relax(open_database(db_path), mod, target, params=None)

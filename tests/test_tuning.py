@@ -1,0 +1,82 @@
+"""MetaSchedule tuning: a real (small) tuning session on a tiny model, its database reused by compiles."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import tvm
+from conftest import TINY_RECIPE
+from test_cli import harness
+from tvm import relax
+
+from harness.compile import import_onnx, tuning
+from harness.compile.target import build_target
+from harness.device import load_device
+from harness.errors import HarnessError
+from harness.export import export_onnx
+from harness.models import build_model
+from harness.recipe import recipe_from_dict
+
+
+@pytest.fixture(scope="module")
+def tiny_module(tmp_path_factory) -> tuple[torch.nn.Module, tvm.IRModule]:
+    model = build_model("test_mobilenet_v1", width=0.25, num_classes=10).eval()
+    onnx_model = export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx", resolution=32)
+    return model, import_onnx(onnx_model)
+
+
+def test_tasks_of_identical_workloads_are_merged(tiny_module) -> None:
+    _, mod = tiny_module
+    target = build_target(load_device("x86"))
+    once = tuning.extract_tasks([mod], target)
+    twice = tuning.extract_tasks([mod, mod], target)
+    assert len(once) == len(twice) > 5
+    assert sum(t.weight for t in twice) == 2 * sum(t.weight for t in once)
+
+
+def test_database_is_keyed_by_target(tmp_path: Path) -> None:
+    x86, rpi4 = load_device("x86"), load_device("rpi4")
+    assert tuning.database_dir(tmp_path, "x86", build_target(x86)) != \
+        tuning.database_dir(tmp_path, "x86", build_target(rpi4))
+    assert tuning.database_fingerprint(tmp_path / "absent") is None
+
+
+def test_tune_then_compile_with_the_database(tiny_module, tmp_path: Path) -> None:
+    model, mod = tiny_module
+    profile = load_device("x86")
+    target, db = build_target(profile), tmp_path / "db"
+    report = tuning.tune([mod], target, db, trials=16, profile=profile, progress=False)
+    assert report.trials >= 16 and report.tasks_tuned_before == 0
+    assert 0 < report.coverage.tuned <= report.coverage.total == report.tasks
+    assert tuning.database_fingerprint(db) is not None
+    # Tuned kernels are skipped next time; a covered module spends no trials at all.
+    again = tuning.tune([mod], target, db, trials=16, profile=profile, progress=False)
+    assert again.tasks_tuned_before == report.coverage.tuned
+    vm = relax.VirtualMachine(tuning.compile_with_database(mod, target, db), tvm.cpu())
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_tune_spec_is_validated_and_not_part_of_the_key() -> None:
+    base = recipe_from_dict(TINY_RECIPE, "tiny")
+    tuned = recipe_from_dict(TINY_RECIPE | {"tune": {"trials": 100, "minutes": 5}}, "tiny")
+    assert tuned.tune.trials == 100 and tuned.key() == base.key()
+    with pytest.raises(HarnessError, match="tune"):
+        recipe_from_dict(TINY_RECIPE | {"tune": {"trials": -1}}, "tiny")
+
+
+def test_cli_tune_then_run_uses_the_tuned_schedules(write_recipe, tmp_path: Path) -> None:
+    recipe, results = write_recipe(TINY_RECIPE), tmp_path / "results"
+    out = harness("-q", "tune", str(recipe), "--trials", "16", "--results", str(results))
+    assert out.returncode == 0, out.stderr
+    assert "16 trials" in out.stdout or "trials in" in out.stdout
+    assert list((results / "tuning" / "x86").glob("*/database_tuning_record.json"))
+    run = harness("-q", "run", str(recipe), "--results", str(results))
+    assert run.returncode == 0, run.stderr
+    row = pd.read_csv(results / "results.csv").iloc[0]
+    tuned, total = map(int, row["tuned_kernels"].split("/"))
+    assert 0 < tuned <= total and row["max_abs_diff"] < 1e-3
