@@ -23,7 +23,7 @@ def _run(args: argparse.Namespace) -> int:
     from harness.results import format_rows
     from harness.workspace import Workspace
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe).with_eval_samples(args.eval_samples)
     profile = load_device(args.device).with_remote(tracker=args.tracker, direct=args.rpc)
     ws = Workspace(Path(args.results)) if args.results else Workspace()
     rows = run_recipe(recipe, profile, workspace=ws, progress=not args.quiet, record=not args.no_record)
@@ -41,7 +41,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from harness.sweep import expand
     from harness.workspace import Workspace
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe).with_eval_samples(args.eval_samples)
     grid = {k: v for k, v in (("width", args.width), ("resolution", args.resolution), ("dtype", args.dtype)) if v}
     variants = expand(recipe, grid or None)
     profile = load_device(args.device).with_remote(tracker=args.tracker, direct=args.rpc)
@@ -71,6 +71,65 @@ def _tune(args: argparse.Namespace) -> int:
                            workspace=ws, progress=not args.quiet)
     print(f"tuned {', '.join(r.name for r in recipes)} for {profile.name}: {report.summary()}")
     print(f"database: {tuning_database(profile, ws)}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import time
+
+    import pandas as pd
+
+    from harness.bench import bench_recipe
+    from harness.device import load_device
+    from harness.recipe import load_recipe
+    from harness.results import format_rows
+    from harness.workspace import Workspace
+
+    recipes = [load_recipe(r) for r in args.recipe]
+    profile = load_device(args.device)
+    ws = Workspace(Path(args.results)) if args.results else Workspace()
+    rows = [row for r in recipes for row in bench_recipe(r, profile, repeats=args.repeats, workspace=ws,
+                                                          progress=not args.quiet)]
+    print(format_rows(rows, ["recipe", "dtype", "runtime", "latency_ms_median", "latency_ms_min", "vs_ort",
+                             "tuned_kernels"]))
+    out = ws.root / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out, index=False)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from harness import emulator
+    from harness.device import load_device
+
+    if args.action == "status":
+        state, counts = emulator.status()
+        if not state.boards:
+            print("no emulated boards running")
+            return 0
+        print(f"tracker 127.0.0.1:{state.tracker_port}")
+        for board in state.boards:
+            print(f"  {board.name:<14} key {board.key:<6} port {board.port}  pid {board.pid}")
+        for key, count in counts.items():
+            print(f"  key {key}: {count} board(s) registered with the tracker")
+        return 0
+    if args.action == "stop":
+        stopped = emulator.stop(args.device)
+        print(f"stopped {len(stopped)} board(s)" + (f": {', '.join(b.name for b in stopped)}" if stopped else ""))
+        return 0
+    if args.device is None:
+        raise HarnessError(f"emulator {args.action}: name a device, e.g. `emulator {args.action} rpi4`")
+    profile = load_device(args.device)
+    if args.action == "setup":
+        print(f"emulated root ready: {emulator.setup(emulator.spec_of(profile))}")
+        return 0
+    boards = emulator.start(profile, args.boards, args.drop_after)
+    tracker = f"127.0.0.1:{profile.emulator.tracker_port}"
+    print(f"started {len(boards)} emulated {profile.name} board(s) on tracker {tracker}, key {profile.remote.key!r}: "
+          + ", ".join(f"{b.name} (pid {b.pid})" for b in boards))
+    print(f"latencies measured on them are qemu's, not the board's; run: python -m harness run RECIPE --device "
+          f"{profile.name}")
     return 0
 
 
@@ -166,6 +225,8 @@ def _add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracker", metavar="HOST:PORT", help="reach the device through this RPC tracker")
     parser.add_argument("--results", metavar="DIR", help="results folder (default: results/)")
     parser.add_argument("--no-record", action="store_true", help="print the rows without appending them")
+    parser.add_argument("--eval-samples", type=int, metavar="N",
+                        help="evaluate on the first N images of the eval split (e.g. on slow emulated boards)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--tracker", metavar="HOST:PORT", help="measure on devices of the profile's key at this tracker")
     tune.add_argument("--results", metavar="DIR", help="results folder holding tuning/ (default: results/)")
     tune.set_defaults(func=_tune)
+
+    bench = sub.add_parser("bench", help="latency of TVM untuned/tuned, ONNX Runtime and PyTorch, ratios to ORT")
+    bench.add_argument("recipe", nargs="+", help="recipe file(s) or name(s), e.g. v1_fp32 v2_fp32")
+    bench.add_argument("--device", default="x86", help="a local device profile (default: x86)")
+    bench.add_argument("--repeats", type=int, default=30, help="timed repeats per runtime (default 30)")
+    bench.add_argument("--results", metavar="DIR", help="results folder (default: results/)")
+    bench.set_defaults(func=_bench)
+
+    emu = sub.add_parser("emulator", help="emulated aarch64 boards (qemu-user) serving TVM RPC on a local tracker")
+    emu.add_argument("action", choices=["setup", "start", "stop", "status"])
+    emu.add_argument("device", nargs="?", help="device profile with an emulator section, e.g. rpi4")
+    emu.add_argument("--boards", type=int, default=1, help="boards to start (default 1)")
+    emu.add_argument("--drop-after", type=float, metavar="S",
+                     help="fault injection for testing: each board dies S seconds into its first session")
+    emu.set_defaults(func=_emulator)
 
     sens = sub.add_parser("sensitivity", help="prune one layer at a time at several ratios; table, plot, ratios")
     sens.add_argument("recipe", help="recipe file or name (its trained base model is analysed)")

@@ -70,10 +70,15 @@ class LocalExecutor:
         out = self.vm["main"](self._tvm.runtime.tensor(np.ascontiguousarray(batch), self.device))
         return out.numpy()
 
-    def time(self, batch: np.ndarray, spec: MeasureSpec) -> list[float]:
+    def bind(self, batch: np.ndarray) -> Callable[[], object]:
+        """A zero-argument call that runs the model on `batch` (input copied to the device once)."""
         self.vm.set_input("main", self._tvm.runtime.tensor(np.ascontiguousarray(batch), self.device))
+        return lambda: self.vm.invoke_stateful("main")
+
+    def time(self, batch: np.ndarray, spec: MeasureSpec) -> list[float]:
+        call = self.bind(batch)
         for _ in range(spec.warmup):
-            self.vm.invoke_stateful("main")
+            call()
         timer = self.vm.time_evaluator("invoke_stateful", self.device, number=spec.number, repeat=spec.repeats)
         return list(timer("main").results)
 

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from harness.compile import Artifact, compile_onnx, prepare_module, tuning
 from harness.compile.target import build_target, target_json
 from harness.compress.finetune import FinetuneSpec
 from harness.data import DataSplits, calibration_batches, load_data
-from harness.device import DeviceProfile
+from harness.device import DeviceProfile, parse_hostport
 from harness.errors import HarnessError
 from harness.export import OnnxModel, export_onnx
 from harness.measure import (
@@ -40,6 +41,7 @@ from harness.measure import (
 )
 from harness.models import build_model, model_cost
 from harness.recipe import Recipe, content_hash
+from harness.remote import DeviceUnreachable
 from harness.results import append_rows, git_revision, write_json
 from harness.train import Distillation, fit
 from harness.workspace import Workspace, link_or_copy, package_versions
@@ -212,13 +214,14 @@ def tune_variants(variants: list[Recipe], profile: DeviceProfile, *, trials: int
 # ---------------------------------------------------------------- measure and record
 
 
-def _executor(built: Built, profile: DeviceProfile) -> tuple[Executor, bool]:
-    """Load the artifact locally or on the remote device; returns (executor, emulated)."""
+def _executor(built: Built, profile: DeviceProfile) -> tuple[Executor, bool, str | None]:
+    """Load the artifact locally or on a board of the device; returns (executor, emulated, board name)."""
     if profile.is_remote:
         from harness.remote import remote_executor
 
-        return remote_executor(profile, built.artifact.path)
-    return LocalExecutor(built.artifact.path, profile.threads), False
+        executor, emulated = remote_executor(profile, built.artifact.path)
+        return executor, emulated, executor.info.get("name")
+    return LocalExecutor(built.artifact.path, profile.threads), False, None
 
 
 def _check_agreement(built: Built, executor: Executor, batch: np.ndarray) -> float:
@@ -244,7 +247,7 @@ def _check_agreement(built: Built, executor: Executor, batch: np.ndarray) -> flo
 def measure_variant(built: Built, profile: DeviceProfile, splits: DataSplits, progress: bool) -> dict[str, Any]:
     """Accuracy and latency of the compiled artifact, with PyTorch and ONNX Runtime peers; one result row."""
     recipe, spec = built.recipe, built.recipe.measure
-    executor, emulated = _executor(built, profile)
+    executor, emulated, board = _executor(built, profile)
     batch = next(iter(calibration_batches(splits, spec.batch, spec.batch)))
     diff = _check_agreement(built, executor, batch)
     where = "remote" if profile.is_remote else "local"
@@ -262,14 +265,57 @@ def measure_variant(built: Built, profile: DeviceProfile, splits: DataSplits, pr
         "integer": built.step_info.get("integer"), "prune_ratio": built.step_info.get("prune_ratio"),
         "calibration": built.step_info.get("calibration"), "params": cost.params, "macs": cost.macs,
         "onnx_bytes": built.deploy_onnx.bytes, "artifact_bytes": built.artifact.bytes, "device": profile.name,
-        "target": built.artifact.target, "remote": profile.is_remote, "emulated": emulated,
-        "threads": threads, "batch": spec.batch, "top1": acc.top1, "top5": acc.top5,
+        "target": built.artifact.target, "remote": profile.is_remote, "emulated": emulated, "board": board,
+        "threads": threads, "batch": spec.batch, "top1": acc.top1, "top5": acc.top5, "eval_samples": acc.samples,
         "latency_ms_median": lat.median_ms, "latency_ms_mean": lat.mean_ms, "latency_ms_p90": lat.p90_ms,
         "latency_ms_min": lat.min_ms, "latency_ms_std": lat.std_ms, "repeats": lat.repeats,
         "torch_latency_ms": torch_latency(built.model, batch, spec, threads).median_ms if peers else None,
         "ort_latency_ms": ort_latency(built.deploy_onnx.path, batch, spec, threads).median_ms if peers else None,
         "max_abs_diff": diff, "compile_s": built.artifact.compile_seconds,
     } | built.artifact.details
+
+
+def _boards(profile: DeviceProfile) -> int:
+    """How many boards of the device a tracker serves (1 for local or direct RPC devices)."""
+    remote = profile.remote
+    if remote is None or remote.direct is not None or remote.tracker is None:
+        return 1
+    from harness.remote import tracker_devices
+
+    host, port = parse_hostport(remote.tracker, f"device {profile.name} tracker")
+    try:
+        return max(1, tracker_devices(host, port, remote.key))
+    except (OSError, RuntimeError):
+        return 1  # connect() reports the unreachable tracker
+
+
+def _measure_retrying(built: Built, splits: DataSplits, profile: DeviceProfile, progress: bool,
+                      attempts: int = 3) -> dict[str, Any]:
+    """measure_variant; on a remote device, a board that fails mid-run is replaced by another (tracker)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return measure_variant(built, profile, splits, progress) | {"attempts": attempt}
+        except (RuntimeError, OSError) as exc:  # TVM's RPC errors are RuntimeErrors
+            if not profile.is_remote:
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if attempt == attempts:
+                raise DeviceUnreachable(f"device {profile.name}: {built.recipe.name} failed on {attempts} boards; "
+                                        f"last error: {reason}") from None
+            log.warning("%s: board failed mid-run (%s); retrying on another board (attempt %d/%d)",
+                        built.recipe.name, reason, attempt + 1, attempts)
+    raise AssertionError("unreachable")
+
+
+def _measure_all(builds: list[tuple[Built, DataSplits]], profile: DeviceProfile, progress: bool
+                 ) -> list[dict[str, Any]]:
+    """Measure every build: in parallel over the boards of a tracker (one run per board at a time)."""
+    workers = min(len(builds), _boards(profile)) if profile.is_remote and len(builds) > 1 else 1
+    if workers == 1:
+        return [_measure_retrying(built, splits, profile, progress) for built, splits in builds]
+    log.info("fanning %d runs out over %d boards of key %r", len(builds), workers, profile.remote.key)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda bs: _measure_retrying(bs[0], bs[1], profile, False), builds))
 
 
 def _compare(rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
@@ -291,19 +337,24 @@ def run_variants(variants: list[Recipe], reference: Recipe, profile: DeviceProfi
     versions = package_versions()
     common = {"run_id": run_id, "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "git_rev": git_revision(), "tvm_version": versions["tvm"], "torch_version": versions["torch"]}
-    rows, started = [], time.time()
+    started = time.time()
     spec = max((v.tune for v in todo), key=lambda t: t.trials)
     if spec.trials > 0:
         report = tune_variants(todo, profile, trials=spec.trials, minutes=spec.minutes, workspace=ws,
                                progress=progress)
         log.info("tuning: %s", report.summary())
+    builds = []
     for i, variant in enumerate(todo):
         log.info("[%d/%d] %s", i + 1, len(todo), variant.name)
         splits = load_data(variant.data, variant.resolution)
         built = build_variant(variant, profile, splits, ws, progress)
-        rows.append(common | measure_variant(built, profile, splits, progress))
         link_or_copy(built.artifact.path, run_dir / f"{i:02d}-{variant.key()[:8]}.so")
         link_or_copy(built.deploy_onnx.path, run_dir / f"{i:02d}-{variant.key()[:8]}.onnx")
+        builds.append((built, splits))
+    try:
+        rows = [common | row for row in _measure_all(builds, profile, progress)]
+    except DeviceUnreachable as exc:
+        raise DeviceUnreachable(f"{exc} (compiled artifacts kept in {run_dir})") from None
     _compare(rows, rows[0])
     write_json(run_dir / "run.json", {"recipes": [v.name for v in todo], "device": asdict(profile), "rows": rows,
                                       "seconds": time.time() - started, "versions": versions})

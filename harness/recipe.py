@@ -134,15 +134,26 @@ class Recipe:
         return replace(self, name=f"{self.name}:reference", steps=(), sweep={})
 
     def base_key(self) -> str:
-        """Content hash of everything that determines the trained base model."""
+        """Content hash of everything that determines the trained base model (not the eval cap)."""
         return content_hash(
-            {"model": self.model, "data": self.data, "train": self.train, "width": self.width,
-             "resolution": self.resolution}
+            {"model": self.model, "data": replace(self.data, eval_samples=None), "train": self.train,
+             "width": self.width, "resolution": self.resolution}
         )
 
     def key(self) -> str:
         """Content hash of what is built and measured (name, description and spelling of steps excluded)."""
-        return content_hash({"base": self.base_key(), "steps": self.compression_steps, "measure": self.measure})
+        measured = {"base": self.base_key(), "steps": self.compression_steps, "measure": self.measure}
+        if self.data.eval_samples is not None:
+            measured["eval_samples"] = self.data.eval_samples
+        return content_hash(measured)
+
+    def with_eval_samples(self, samples: int | None) -> Recipe:
+        """The same recipe evaluated on at most `samples` images (None: unchanged)."""
+        if samples is None:
+            return self
+        if samples < 1:
+            raise HarnessError(f"--eval-samples must be >= 1, got {samples}")
+        return replace(self, data=replace(self.data, eval_samples=samples))
 
     def steps_summary(self) -> str:
         """The steps as a compact string for the results table, e.g. 'width=0.5;prune(ratio=0.5)'."""

@@ -20,10 +20,10 @@ RESULTS_DIR = Path(os.environ.get("HARNESS_RESULTS", Path(__file__).resolve().pa
 COLUMNS: tuple[str, ...] = (
     "run_id", "timestamp", "git_rev", "recipe", "recipe_key", "reference", "steps", "model", "width_mult",
     "resolution", "dataset", "num_classes", "dtype", "integer", "prune_ratio", "calibration", "params",
-    "macs", "onnx_bytes", "artifact_bytes", "device", "target", "remote", "emulated", "threads", "batch",
-    "top1", "top5", "acc_delta", "latency_ms_median", "latency_ms_mean", "latency_ms_p90", "latency_ms_min",
-    "latency_ms_std", "repeats", "speedup", "torch_latency_ms", "ort_latency_ms", "max_abs_diff",
-    "compile_s", "tuned_kernels", "tvm_version", "torch_version",
+    "macs", "onnx_bytes", "artifact_bytes", "device", "target", "remote", "emulated", "board", "attempts",
+    "threads", "batch", "top1", "top5", "eval_samples", "acc_delta", "latency_ms_median", "latency_ms_mean",
+    "latency_ms_p90", "latency_ms_min", "latency_ms_std", "repeats", "speedup", "torch_latency_ms", "ort_latency_ms",
+    "max_abs_diff", "compile_s", "tuned_kernels", "tvm_version", "torch_version",
 )  # fmt: skip
 
 SUMMARY_COLUMNS = ("recipe", "model", "width_mult", "resolution", "dtype", "params", "macs", "device", "top1",

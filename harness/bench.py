@@ -1,0 +1,116 @@
+"""Side-by-side latency benchmark on this host: TVM untuned, TVM tuned, ONNX Runtime and PyTorch.
+
+Every runtime runs the same model variant with the same input, thread count and repeats, in one process,
+one after the other; the table gives each latency as a ratio to ONNX Runtime's (the runtime people use
+when they do not compile). TVM tuned uses the device's tuning database (`harness tune`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.compile import Artifact, compile_onnx
+from harness.compile.target import build_target, target_json
+from harness.data import calibration_batches, load_data
+from harness.device import DeviceProfile
+from harness.errors import HarnessError
+from harness.measure import LocalExecutor, latency_stats, ort_session, time_callable
+from harness.pipeline import Deployable, deployable, tuning_database
+from harness.recipe import Recipe
+from harness.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def _artifact(dep: Deployable, profile: DeviceProfile, ws: Workspace, tuned: bool) -> Artifact | None:
+    """The variant compiled untuned, or with the tuning database (None when there is no database)."""
+    from harness.compile.tuning import database_fingerprint
+
+    database = tuning_database(profile, ws) if tuned else None
+    fingerprint = database_fingerprint(database) if database is not None else None
+    if tuned and fingerprint is None:
+        return None
+    lib = ws.artifact_path(dep.onnx_key, profile.name, target_json(build_target(profile)),
+                           dep.options | {"tuning": fingerprint})
+    artifact = Artifact.load_meta(lib)
+    return artifact or compile_onnx(dep.deploy_onnx, profile, lib, database=database, **dep.options)
+
+
+def _tvm_runner(artifact: Artifact, batch: np.ndarray, threads: int | None) -> Callable[[], object]:
+    return LocalExecutor(artifact.path, threads).bind(batch)
+
+
+def _ort_runner(dep: Deployable, batch: np.ndarray, threads: int | None) -> Callable[[], object]:
+    sess = ort_session(dep.deploy_onnx.path, threads)
+    feed = {sess.get_inputs()[0].name: batch}
+    return lambda: sess.run(None, feed)
+
+
+def _torch_runner(dep: Deployable, batch: np.ndarray) -> Callable[[], object]:
+    x = torch.from_numpy(batch)
+
+    def run() -> object:
+        with torch.inference_mode():
+            return dep.model(x)
+
+    return run
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Runners:
+    """Zero-argument callables that run one inference of the same variant in each runtime."""
+
+    recipe: Recipe
+    dtype: str
+    threads: int | None
+    calls: dict[str, Callable[[], object]]
+    tuned_kernels: dict[str, str]
+
+
+def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | None = None,
+            progress: bool = True) -> Runners:
+    """TVM untuned, TVM tuned (when the device has a database), ONNX Runtime and PyTorch for `recipe`.
+
+    Thread counts are the profile's for all of them (PyTorch's is set process-wide).
+    """
+    if profile.is_remote:
+        raise HarnessError(f"bench runs on this host; device {profile.name} is remote (use `harness run`)")
+    ws = workspace or Workspace()
+    splits = load_data(recipe.data, recipe.resolution)
+    dep = deployable(recipe, splits, ws, progress)
+    batch = next(iter(calibration_batches(splits, recipe.measure.batch, recipe.measure.batch)))
+    threads = profile.threads
+    if threads is not None:
+        torch.set_num_threads(threads)
+    calls, kernels = {}, {}
+    for name, tuned in (("tvm untuned", False), ("tvm tuned", True)):
+        artifact = _artifact(dep, profile, ws, tuned)
+        if artifact is None:
+            log.warning("%s: no tuning database for %s; run `harness tune` first", recipe.name, profile.name)
+            continue
+        calls[name], kernels[name] = _tvm_runner(artifact, batch, threads), artifact.details.get("tuned_kernels", "")
+    calls["onnxruntime"] = _ort_runner(dep, batch, threads)
+    calls["pytorch"] = _torch_runner(dep, batch)  # eager fp32 (int8 exists only as the ONNX QDQ model)
+    return Runners(recipe=recipe, dtype=dep.dtype, threads=threads, calls=calls, tuned_kernels=kernels)
+
+
+def bench_recipe(recipe: Recipe, profile: DeviceProfile, *, repeats: int = 30, workspace: Workspace | None = None,
+                 progress: bool = True) -> list[dict[str, Any]]:
+    """One row per runtime for `recipe` on this host, with `vs_ort` = latency / ONNX Runtime latency."""
+    prepared = runners(recipe, profile, workspace=workspace, progress=progress)
+    spec = replace(recipe.measure, repeats=repeats)
+    stats = {}
+    for name, call in prepared.calls.items():
+        log.info("%s: timing %s", recipe.name, name)
+        stats[name] = latency_stats(time_callable(call, spec))
+    ort_ms = stats["onnxruntime"].median_ms
+    return [{"recipe": recipe.name, "dtype": prepared.dtype, "resolution": recipe.resolution, "runtime": name,
+             "latency_ms_median": s.median_ms, "latency_ms_min": s.min_ms, "vs_ort": s.median_ms / ort_ms,
+             "tuned_kernels": prepared.tuned_kernels.get(name, ""), "threads": prepared.threads,
+             "device": profile.name} for name, s in stats.items()]

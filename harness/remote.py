@@ -1,0 +1,143 @@
+"""Remote execution over TVM RPC: reach a board (through a tracker or directly), upload, load, run and time.
+
+A board is emulated when its RPC server says so (`harness.board_info`, registered by the emulator's
+board server); a plain `tvm.exec.rpc_server` on a real board does not have it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.device import DeviceProfile, parse_hostport
+from harness.errors import HarnessError
+from harness.recipe import MeasureSpec
+
+log = logging.getLogger(__name__)
+
+HOW_TO_ATTACH = ("start the emulator (python -m harness emulator start {name}), or run TVM's RPC server on the "
+                 "board and pass --tracker HOST:PORT or --rpc HOST:PORT (README: 'Real boards')")
+
+
+class DeviceUnreachable(HarnessError):
+    """No board of the profile could be reached (nothing measured)."""
+
+
+def _check_port(host: str, port: int, what: str, profile: DeviceProfile, timeout: float = 3.0) -> None:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise DeviceUnreachable(f"device {profile.name}: cannot reach {what} {host}:{port} ({exc.strerror or exc}); "
+                                + HOW_TO_ATTACH.format(name=profile.name)) from None
+
+
+def tracker_devices(host: str, port: int, key: str) -> int:
+    """How many RPC servers of `key` are registered with the tracker at host:port (free or busy)."""
+    from tvm import rpc
+
+    summary = rpc.connect_tracker(host, port).summary()
+    return sum(1 for server in summary.get("server_info", []) if server.get("key", "").split(":")[-1] == key)
+
+
+def connect(profile: DeviceProfile) -> Any:  # tvm.rpc.RPCSession
+    """An RPC session on one board of `profile` (waits for a free one when a tracker serves several).
+
+    Gives up after the profile's `timeout_s` (TVM's handshake itself has no timeout: a port that accepts
+    but never answers would hang forever).
+    """
+    result: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            result["session"] = _connect(profile)
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
+            result["error"] = exc
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(profile.remote.timeout_s if profile.remote else None)
+    if worker.is_alive():
+        raise DeviceUnreachable(f"device {profile.name}: no answer over RPC within {profile.remote.timeout_s:.0f} s "
+                                "(timeout_s in the profile's remote settings)")
+    if "error" in result:
+        raise result["error"]
+    return result["session"]
+
+
+def _connect(profile: DeviceProfile) -> Any:
+    from tvm import rpc
+
+    remote = profile.remote
+    if remote is None:
+        raise HarnessError(f"device {profile.name} is local; it has no RPC settings")
+    timeout = int(remote.timeout_s)
+    try:
+        if remote.direct is not None:
+            host, port = parse_hostport(remote.direct, f"device {profile.name} rpc")
+            _check_port(host, port, "RPC server", profile)
+            return rpc.connect(host, port, session_timeout=timeout)
+        if remote.tracker is None:
+            raise HarnessError(f"device {profile.name}: no tracker or RPC address; " + HOW_TO_ATTACH.format(
+                name=profile.name))
+        host, port = parse_hostport(remote.tracker, f"device {profile.name} tracker")
+        _check_port(host, port, "RPC tracker", profile)
+        if tracker_devices(host, port, remote.key) == 0:
+            raise DeviceUnreachable(f"device {profile.name}: the tracker at {host}:{port} has no board with key "
+                                    f"{remote.key!r}; " + HOW_TO_ATTACH.format(name=profile.name))
+        return rpc.connect_tracker(host, port).request(remote.key, priority=remote.priority,
+                                                       session_timeout=timeout, max_retry=2)
+    except HarnessError:
+        raise
+    except (OSError, RuntimeError) as exc:  # tvm.error.TVMError is a RuntimeError
+        raise DeviceUnreachable(f"device {profile.name}: RPC failed: {str(exc).splitlines()[0]}") from None
+
+
+def board_info(session: Any) -> dict[str, Any]:
+    """What the board says about itself ({} for a plain TVM RPC server, i.e. a real board)."""
+    try:
+        return json.loads(session.get_function("harness.board_info")())
+    except (RuntimeError, AttributeError, ValueError):
+        return {}
+
+
+class RemoteExecutor:
+    """A compiled library uploaded to a board and run there with the Relax VM."""
+
+    def __init__(self, session: Any, lib_path: Path, threads: int | None) -> None:
+        import tvm
+        from tvm import relax
+
+        self._tvm, self.session = tvm, session
+        name = f"harness-{uuid.uuid4().hex[:8]}{lib_path.suffix}"
+        session.upload(str(lib_path), target=name)
+        if threads is not None:
+            session.get_function("runtime.config_threadpool")(1, threads)
+        self.device = session.cpu()
+        self.vm = relax.VirtualMachine(session.load_module(name), self.device)
+        self.info = board_info(session)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        out = self.vm["main"](self._tvm.runtime.tensor(np.ascontiguousarray(batch), self.device))
+        return out.numpy()
+
+    def time(self, batch: np.ndarray, spec: MeasureSpec) -> list[float]:
+        self.vm.set_input("main", self._tvm.runtime.tensor(np.ascontiguousarray(batch), self.device))
+        for _ in range(spec.warmup):
+            self.vm.invoke_stateful("main")
+        timer = self.vm.time_evaluator("invoke_stateful", self.device, number=spec.number, repeat=spec.repeats)
+        return list(timer("main").results)
+
+
+def remote_executor(profile: DeviceProfile, lib_path: Path) -> tuple[RemoteExecutor, bool]:
+    """Upload `lib_path` to a board of `profile`; returns (executor, whether the board is emulated)."""
+    executor = RemoteExecutor(connect(profile), lib_path, profile.threads)
+    emulated = bool(executor.info.get("emulated", False))
+    log.info("running on %s (%s)", executor.info.get("name", profile.name), "emulated" if emulated else "board")
+    return executor, emulated

@@ -1,0 +1,77 @@
+"""End to end on emulated Raspberry Pi 4 boards (aarch64 under qemu-user, TVM RPC through a tracker).
+
+Marked `rpi`: `tox -e slow` and CI run it; it is skipped, with the reason, where the emulator cannot be set
+up (no qemu-user-static or debootstrap, not root, no Debian mirror or PyPI).
+"""
+
+import pandas as pd
+import pytest
+from conftest import TINY_RECIPE
+from test_cli import harness
+
+from harness import emulator
+from harness.device import load_device
+from harness.errors import HarnessError
+
+pytestmark = pytest.mark.rpi
+
+
+@pytest.fixture(scope="module")
+def boards():
+    """Two emulated rpi4 boards on the profile's tracker, stopped afterwards."""
+    profile = load_device("rpi4")
+    try:
+        emulator.setup(emulator.spec_of(profile))
+    except HarnessError as exc:
+        pytest.skip(f"emulator cannot be set up here: {exc}")
+    started = emulator.start(profile, boards=2)
+    yield started
+    emulator.stop(names={b.name for b in started})
+
+
+def _rows(results) -> pd.DataFrame:
+    return pd.read_csv(results / "results.csv")
+
+
+def test_run_on_an_emulated_board_matches_x86(boards, write_recipe, tmp_path) -> None:
+    recipe, results = write_recipe(TINY_RECIPE), tmp_path / "results"
+    for device in ("x86", "rpi4"):
+        out = harness("-q", "run", str(recipe), "--device", device, "--results", str(results))
+        assert out.returncode == 0, out.stderr
+    x86, rpi4 = _rows(results).to_dict("records")
+    assert rpi4["device"] == "rpi4" and rpi4["remote"] and rpi4["emulated"]
+    assert rpi4["board"] in {b.name for b in boards}
+    assert abs(rpi4["top1"] - x86["top1"]) <= 0.005 and rpi4["max_abs_diff"] < 1e-3
+    assert '"mcpu": "cortex-a72"' in rpi4["target"]
+
+
+def test_sweep_fans_out_over_both_boards(boards, write_recipe, tmp_path) -> None:
+    recipe, results = write_recipe(TINY_RECIPE), tmp_path / "results"
+    out = harness("sweep", str(recipe), "--width", "0.25,0.5,0.75,1.0", "--device", "rpi4",
+                  "--results", str(results))
+    assert out.returncode == 0, out.stderr
+    assert "fanning 4 runs out over 2 boards" in out.stderr
+    rows = _rows(results)
+    assert len(rows) == 4 and set(rows["board"]) == {b.name for b in boards}
+
+
+def test_a_board_that_drops_mid_run_is_replaced(boards, write_recipe, tmp_path) -> None:
+    """One healthy board and one that dies 0.5 s into its session: every row still comes back."""
+    emulator.stop(names={boards[1].name})
+    dropping = emulator.start(load_device("rpi4"), boards=1, drop_after=0.5)
+    try:
+        recipe = write_recipe(TINY_RECIPE | {"data": TINY_RECIPE["data"] | {"resolution": 96}})
+        results = tmp_path / "results"
+        out = harness("sweep", str(recipe), "--width", "0.25,0.5", "--device", "rpi4", "--results", str(results))
+        assert out.returncode == 0, out.stderr
+        assert "retrying on another board" in out.stderr
+        rows = _rows(results)
+        assert len(rows) == 2 and set(rows["board"]) == {boards[0].name} and rows["attempts"].max() == 2
+    finally:
+        emulator.stop(names={b.name for b in dropping})
+        boards[1:] = emulator.start(load_device("rpi4"), boards=1)
+
+
+def test_emulator_cli_status_lists_the_boards(boards) -> None:
+    out = harness("emulator", "status")
+    assert out.returncode == 0 and "rpi4: 2 board(s) registered" in out.stdout

@@ -1,0 +1,70 @@
+"""RPC failure paths: no tracker, a tracker without boards, a server that never answers, and what a run
+keeps (the cross-compiled artifact) when no board can be reached."""
+
+import shutil
+import socket
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import TINY_RECIPE
+from test_cli import harness
+
+from harness.device import load_device
+from harness.remote import DeviceUnreachable, connect
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rpi4(**remote) -> object:
+    profile = load_device("rpi4")
+    return replace(profile, remote=replace(profile.remote, **remote))
+
+
+def test_unreachable_tracker_is_a_clear_error() -> None:
+    port = _free_port()
+    with pytest.raises(DeviceUnreachable, match=rf"cannot reach RPC tracker 127.0.0.1:{port} .*emulator start rpi4"):
+        connect(_rpi4(tracker=f"127.0.0.1:{port}"))
+
+
+def test_server_that_never_answers_times_out() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        with pytest.raises(DeviceUnreachable, match="no answer over RPC within 2 s"):
+            connect(_rpi4(direct=f"127.0.0.1:{port}", tracker=None, timeout_s=2))
+    finally:
+        listener.close()
+
+
+def test_tracker_without_boards_of_the_key() -> None:
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker(host="127.0.0.1", port=_free_port(), port_end=65000, silent=True)
+    try:
+        with pytest.raises(DeviceUnreachable, match="has no board with key 'rpi4'"):
+            connect(_rpi4(tracker=f"127.0.0.1:{tracker.port}"))
+    finally:
+        tracker.terminate()
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="needs gcc-aarch64-linux-gnu")
+def test_run_without_a_board_keeps_the_cross_compiled_artifact(write_recipe, tmp_path: Path) -> None:
+    recipe, results = write_recipe(TINY_RECIPE), tmp_path / "results"
+    out = harness("-q", "run", str(recipe), "--device", "rpi4", "--tracker", f"127.0.0.1:{_free_port()}",
+                  "--results", str(results))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("error: device rpi4: cannot reach RPC tracker") and "compiled artifacts kept in" in line
+    (lib,) = (results / "runs").glob("*/*.so")
+    assert int.from_bytes(lib.read_bytes()[18:20], "little") == 183  # ELF e_machine: EM_AARCH64
+    assert not (results / "results.csv").exists()
