@@ -16,6 +16,7 @@ import onnx
 import tvm
 from tvm.relax.frontend.onnx import from_onnx
 
+from harness.compile.integer import integerize
 from harness.compile.target import build_target, target_json
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
@@ -86,19 +87,29 @@ def _export(executable: tvm.runtime.Executable, path: Path, profile: DeviceProfi
     tmp.replace(path)
 
 
-def prepare_module(model: OnnxModel, *, fp16: bool = False) -> tvm.IRModule:
+def prepare_module(model: OnnxModel, *, fp16: bool = False, integer: bool = False,
+                   details: dict[str, Any] | None = None) -> tvm.IRModule:
     """The Relax module that is compiled (and tuned): the imported ONNX graph, weights bound as constants.
 
     `fp16`: convolutions and matrix products computed in float16 (Relax ToMixedPrecision).
+    `integer`: a QDQ model's quantized convolutions become integer ones (harness.compile.integer).
+    What was done is added to `details`.
     """
     mod = import_onnx(model)
+    details = details if details is not None else {}
     if fp16:
         mod = tvm.relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
+        details["fp16"] = True
+    if integer:
+        mod, report = integerize(mod)
+        total = report.integer_convs + report.float_convs
+        details["integer_convs"] = f"{report.integer_convs}/{total}"
+        log.info("integer int8: %d of %d convolutions integer", report.integer_convs, total)
     return mod
 
 
 def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *, fp16: bool = False,
-                 database: Path | None = None) -> Artifact:
+                 integer: bool = False, database: Path | None = None) -> Artifact:
     """Import, build for the profile's target and export a shared library to `out_path`.
 
     `database`: a MetaSchedule tuning database (see harness.compile.tuning); kernels it has schedules
@@ -108,8 +119,8 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *, fp
 
     target = build_target(profile)
     start = time.perf_counter()
-    mod = prepare_module(model, fp16=fp16)
-    details: dict[str, Any] = {"fp16": True} if fp16 else {}
+    details: dict[str, Any] = {}
+    mod = prepare_module(model, fp16=fp16, integer=integer, details=details)
     if database is not None and tuning.database_fingerprint(database) is not None:
         covered = tuning.coverage([mod], target, database)
         log.info("building %s for %s with tuned schedules for %s kernels", model.path.name, profile.name, covered)

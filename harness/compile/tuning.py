@@ -259,9 +259,34 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
             finally:
                 builder.close()
             measured, stopped = stats.trials, stats.stopped
+        log.info("kept %d records (the best per kernel) in %s", compact(db_path), db_path)
     return TuneReport(tasks=len(tasks), tasks_tuned_before=len(tasks) - len(todo),
                       trials=measured, seconds=time.monotonic() - start,
                       stopped_by_deadline=stopped, coverage=coverage(mods, target, db_path))
+
+
+def compact(path: Path, keep: int = 2) -> int:
+    """Keep only the `keep` fastest records of each workload (MetaSchedule logs every measured candidate).
+
+    Makes the database small enough to commit and quick to load; returns the number of records kept.
+    """
+    db = open_database(path)
+    workloads = {}
+    for record in db.get_all_tuning_records():
+        workloads.setdefault(tvm_ffi.structural_hash(record.workload.mod), record.workload)
+    partial = path.with_name(path.name + ".compact")
+    for leftover in (partial / RECORDS, partial / WORKLOADS):
+        leftover.unlink(missing_ok=True)
+    slim, kept = open_database(partial), 0
+    for workload in workloads.values():
+        for record in db.get_top_k(workload, keep):
+            slim.commit_tuning_record(ms.database.TuningRecord(
+                record.trace, slim.commit_workload(workload.mod), record.run_secs, record.target, record.args_info))
+            kept += 1
+    for name in (WORKLOADS, RECORDS):
+        (partial / name).replace(path / name)
+    partial.rmdir()
+    return kept
 
 
 def compile_with_database(mod: tvm.IRModule, target: tvm.target.Target, db_path: Path) -> tvm.runtime.Executable:

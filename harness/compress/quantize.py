@@ -36,7 +36,7 @@ class QuantizeSpec:
     symmetric_activations: bool = False  # False: uint8 activations with zero points; True: int8 symmetric
     calibration: CalibrationMethod = CalibrationMethod.MINMAX
     calibration_samples: int = 128
-    integer: bool = False  # TVM: integer kernels (True) or the importer's float dequantize→op→quantize
+    integer: bool = True  # TVM: integer convolutions (True) or the importer's float dequantize→conv→quantize
 
     def __post_init__(self) -> None:
         if self.calibration_samples < 1:

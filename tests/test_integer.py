@@ -1,0 +1,51 @@
+"""Integer int8 in TVM: QDQ convolutions rewritten into integer ones agree with ONNX Runtime on the QDQ model."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import TINY_RECIPE
+from onnx import numpy_helper
+
+from harness.compile import compile_onnx, import_onnx
+from harness.compile.integer import integerize
+from harness.data import load_data, make_loader
+from harness.device import load_device
+from harness.measure import LocalExecutor, ort_session
+from harness.pipeline import deployable
+from harness.recipe import recipe_from_dict
+from harness.workspace import Workspace
+
+
+def _output_step(path: Path) -> float:
+    """The quantization step of the model's output (scale of the DequantizeLinear that produces it)."""
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    (node,) = [n for n in graph.node if n.output[0] == graph.output[0].name]
+    assert node.op_type == "DequantizeLinear"
+    return float(inits[node.input[1]])
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["uint8-asymmetric", "int8-symmetric"])
+def test_integer_artifact_agrees_with_onnxruntime(symmetric: bool, tmp_path: Path) -> None:
+    recipe = recipe_from_dict(TINY_RECIPE | {"data": TINY_RECIPE["data"] | {"eval_samples": None},
+                                             "steps": [{"quantize": {"symmetric_activations": symmetric}}]}, "q")
+    splits = load_data(recipe.data, recipe.resolution)
+    dep = deployable(recipe, splits, Workspace(tmp_path), progress=False)
+    assert dep.options == {"integer": True}
+    _, report = integerize(import_onnx(dep.deploy_onnx))
+    assert report.integer_convs == 9 and report.float_convs == 0  # every conv of the tiny MobileNet v1
+    artifact = compile_onnx(dep.deploy_onnx, load_device("x86"), tmp_path / "int8.so", integer=True)
+    assert artifact.details["integer_convs"] == "9/9"
+    tvm_run, sess = LocalExecutor(artifact.path, threads=2).run, ort_session(dep.deploy_onnx.path, 2)
+    diffs, agree, total = [], 0, 0
+    for images, _ in make_loader(splits.val, 1):
+        x = images.numpy()
+        ours, ref = tvm_run(x), sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        diffs.append(np.abs(ours - ref).max())
+        agree += int(ours.argmax() == ref.argmax())
+        total += 1
+    step = _output_step(dep.deploy_onnx.path)
+    assert max(diffs) <= step * 1.001, f"max |TVM - ORT| {max(diffs):.4g} > one step {step:.4g}"
+    assert agree / total >= 0.995, f"top-1 agreement {agree}/{total}"
