@@ -28,7 +28,8 @@ from harness.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-def _artifact(dep: Deployable, profile: DeviceProfile, ws: Workspace, tuned: bool) -> Artifact | None:
+def _artifact(dep: Deployable, profile: DeviceProfile, ws: Workspace, tuned: bool,
+              options: dict[str, Any]) -> Artifact | None:
     """The variant compiled untuned, or with the tuning database (None when there is no database)."""
     from harness.compile.tuning import database_fingerprint
 
@@ -37,9 +38,9 @@ def _artifact(dep: Deployable, profile: DeviceProfile, ws: Workspace, tuned: boo
     if tuned and fingerprint is None:
         return None
     lib = ws.artifact_path(dep.onnx_key, profile.name, target_json(build_target(profile)),
-                           dep.options | {"tuning": fingerprint})
+                           options | {"tuning": fingerprint})
     artifact = Artifact.load_meta(lib)
-    return artifact or compile_onnx(dep.deploy_onnx, profile, lib, database=database, **dep.options)
+    return artifact or compile_onnx(dep.deploy_onnx, profile, lib, database=database, **options)
 
 
 def _tvm_runner(artifact: Artifact, batch: np.ndarray, threads: int | None) -> Callable[[], object]:
@@ -89,12 +90,18 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
     if threads is not None:
         torch.set_num_threads(threads)
     calls, kernels = {}, {}
-    for name, tuned in (("tvm untuned", False), ("tvm tuned", True)):
-        artifact = _artifact(dep, profile, ws, tuned)
-        if artifact is None:
-            log.warning("%s: no tuning database for %s; run `harness tune` first", recipe.name, profile.name)
-            continue
-        calls[name], kernels[name] = _tvm_runner(artifact, batch, threads), artifact.details.get("tuned_kernels", "")
+    variants = [("", dep.options)]
+    if dep.options.get("integer"):  # int8: also the importer's float dequantize→conv→quantize path
+        variants.append((" (float QDQ)", {k: v for k, v in dep.options.items() if k != "integer"}))
+    for schedules, tuned in (("tvm untuned", False), ("tvm tuned", True)):
+        for suffix, options in variants:
+            artifact = _artifact(dep, profile, ws, tuned, options)
+            if artifact is None:
+                log.warning("%s: no tuning database for %s; run `harness tune` first", recipe.name, profile.name)
+                break
+            name = schedules + suffix
+            calls[name] = _tvm_runner(artifact, batch, threads)
+            kernels[name] = artifact.details.get("tuned_kernels", "")
     calls["onnxruntime"] = _ort_runner(dep, batch, threads)
     calls["pytorch"] = _torch_runner(dep, batch)  # eager fp32 (int8 exists only as the ONNX QDQ model)
     return Runners(recipe=recipe, dtype=dep.dtype, threads=threads, calls=calls, tuned_kernels=kernels)

@@ -134,9 +134,10 @@ class WarmBuilder(PyBuilder):
     LocalBuilder starts fresh workers for every batch, and each fresh worker spends ~20 s on this host
     importing TVM's tensor intrinsics before its first build: most of the tuning time. The pool here is
     recycled every `recycle_after` batches instead (LocalBuilder restarts to bound a worker memory leak).
+    A build that takes longer than `timeout_sec` (LLVM on a pathological unrolling) is killed and fails.
     """
 
-    def __init__(self, *, max_workers: int = 2, timeout_sec: float = 60.0, f_export=None,  # noqa: ANN001
+    def __init__(self, *, max_workers: int = 2, timeout_sec: float = 30.0, f_export=None,  # noqa: ANN001
                  recycle_after: int = 40) -> None:
         super().__init__()
         self.max_workers, self.timeout_sec, self.f_export = max_workers, timeout_sec, f_export
@@ -147,7 +148,7 @@ class WarmBuilder(PyBuilder):
             self.pool.shutdown()
             self.pool = None
         if self.pool is None:
-            self.pool, self.batches = PopenPoolExecutor(max_workers=self.max_workers, timeout=None,
+            self.pool, self.batches = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
                                                         initializer=_warm_worker), 0
         self.batches += 1
         return self.pool
@@ -219,8 +220,9 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
                                  f"sum of best kernels {1e3 * sum(self.best.values()):.2f} ms")
         if self.deadline is not None and time.monotonic() > self.deadline and not self.stopped:
             self.stopped = True
-            for i in range(self.num_tasks):
-                task_scheduler.terminate_task(i)
+            for i, task in enumerate(task_scheduler.tasks_):
+                if not task.is_terminated:
+                    task_scheduler.terminate_task(i)
 
 
 def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path, *, trials: int,
@@ -239,7 +241,7 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
     if todo and trials > 0:
         per_task = max(8, -(-trials // len(todo)))
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # its per-trial tables
-        work_dir = db_path / "logs"
+        work_dir = db_path  # MetaSchedule writes its logs to work_dir/logs
         strategy = ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32,
                                                          genetic_num_iters=3)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, str(work_dir),
@@ -259,6 +261,7 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
             finally:
                 builder.close()
             measured, stopped = stats.trials, stats.stopped
+    if database_fingerprint(db_path) is not None:
         log.info("kept %d records (the best per kernel) in %s", compact(db_path), db_path)
     return TuneReport(tasks=len(tasks), tasks_tuned_before=len(tasks) - len(todo),
                       trials=measured, seconds=time.monotonic() - start,
@@ -272,8 +275,11 @@ def compact(path: Path, keep: int = 2) -> int:
     """
     db = open_database(path)
     workloads = {}
-    for record in db.get_all_tuning_records():
+    records = db.get_all_tuning_records()
+    for record in records:
         workloads.setdefault(tvm_ffi.structural_hash(record.workload.mod), record.workload)
+    if len(records) <= keep * len(workloads):
+        return len(records)  # already compact: leave the files (and their fingerprint) alone
     partial = path.with_name(path.name + ".compact")
     for leftover in (partial / RECORDS, partial / WORKLOADS):
         leftover.unlink(missing_ok=True)
