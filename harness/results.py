@@ -23,7 +23,7 @@ COLUMNS: tuple[str, ...] = (
     "macs", "onnx_bytes", "artifact_bytes", "device", "target", "remote", "emulated", "board", "attempts",
     "threads", "batch", "top1", "top5", "eval_samples", "acc_delta", "latency_ms_median", "latency_ms_mean",
     "latency_ms_p90", "latency_ms_min", "latency_ms_std", "repeats", "speedup", "torch_latency_ms", "ort_latency_ms",
-    "max_abs_diff", "compile_s", "integer_convs", "tuned_kernels", "tvm_version", "torch_version",
+    "max_abs_diff", "compile_s", "integer_ops", "tuned_kernels", "tvm_version", "torch_version",
 )  # fmt: skip
 
 SUMMARY_COLUMNS = ("recipe", "model", "width_mult", "resolution", "dtype", "params", "macs", "device", "top1",

@@ -35,9 +35,9 @@ def test_integer_artifact_agrees_with_onnxruntime(symmetric: bool, tmp_path: Pat
     dep = deployable(recipe, splits, Workspace(tmp_path), progress=False)
     assert dep.options == {"integer": True}
     _, report = integerize(import_onnx(dep.deploy_onnx))
-    assert report.integer_convs == 9 and report.float_convs == 0  # every conv of the tiny MobileNet v1
+    assert report.integer_ops == 10 and report.float_ops == 0  # every conv and the classifier of the tiny v1
     artifact = compile_onnx(dep.deploy_onnx, load_device("x86"), tmp_path / "int8.so", integer=True)
-    assert artifact.details["integer_convs"] == "9/9"
+    assert artifact.details["integer_ops"] == "10/10"
     tvm_run, sess = LocalExecutor(artifact.path, threads=2).run, ort_session(dep.deploy_onnx.path, 2)
     diffs, agree, total = [], 0, 0
     for images, _ in make_loader(splits.val, 1):

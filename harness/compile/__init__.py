@@ -102,9 +102,9 @@ def prepare_module(model: OnnxModel, *, fp16: bool = False, integer: bool = Fals
         details["fp16"] = True
     if integer:
         mod, report = integerize(mod)
-        total = report.integer_convs + report.float_convs
-        details["integer_convs"] = f"{report.integer_convs}/{total}"
-        log.info("integer int8: %d of %d convolutions integer", report.integer_convs, total)
+        total = report.integer_ops + report.float_ops
+        details["integer_ops"] = f"{report.integer_ops}/{total}"
+        log.info("integer int8: %d of %d convolutions and dense layers integer", report.integer_ops, total)
     return mod
 
 

@@ -1,7 +1,7 @@
-"""Integer int8 inference for QDQ models: rewrite dequantize → conv2d [→ + bias] → quantize into integer convs.
+"""Integer int8 inference for QDQ models: quantized convolutions and dense layers become integer ones.
 
 TVM's ONNX importer turns a QDQ model into float arithmetic between `dequantize` and `quantize` ops. This
-pass matches each quantized convolution
+pass matches each quantized convolution (and, alike, each quantized Gemm: matmul with the transposed weight)
 
     quantize(conv2d(dequantize(x_q, sx, zx), dequantize(W_q, sw, 0)) [+ reshape(dequantize(b))], sy, zy)
 
@@ -12,8 +12,8 @@ with constant int8 weights, and replaces it by
 where scale = sx·sw[c] and offset = bias[c] − zx·Σw[c]·scale[c] (the zero-point correction, exact because
 the input is padded with its zero point). The convolution reads the uint8/int8 activations and weights
 directly and accumulates in int32; activations stay 8-bit between layers (the next layer consumes `x_q`),
-and only the requantization (a per-channel multiply-add) is in float. Unmatched ops (residual adds, pooling,
-the classifier) keep the float path.
+and only the requantization (a per-channel multiply-add) is in float. Unmatched ops keep the float path, as
+do residual adds and pooling (elementwise: TVM fuses their dequantize → op → quantize into one kernel).
 """
 
 from __future__ import annotations
@@ -23,72 +23,109 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+from tvm.relax.dpl import DFPattern, is_const, is_op, rewrite_call, wildcard
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class IntegerReport:
-    """How many quantized convolutions became integer ones."""
+    """How many quantized convolutions and dense layers became integer ones."""
 
-    integer_convs: int
-    float_convs: int
+    integer_ops: int
+    float_ops: int
 
 
-def _pattern():  # noqa: ANN202
-    x_q, sx, zx = wildcard(), is_const(), is_const()
-    w_q, sw, zw = is_const(), is_const(), is_const()
-    conv = is_op("relax.nn.conv2d")(is_op("relax.dequantize")(x_q, sx, zx), is_op("relax.dequantize")(w_q, sw, zw))
-    b_q, sb, zb = is_const(), is_const(), is_const()
-    bias = is_op("relax.reshape")(is_op("relax.dequantize")(b_q, sb, zb), wildcard())
-    biased = is_op("relax.add")(conv, bias)
-    out = is_op("relax.quantize")(biased | conv, is_const(), is_const())
-    return out, {"x_q": x_q, "sx": sx, "zx": zx, "w_q": w_q, "sw": sw, "zw": zw, "conv": conv, "bias": bias,
-                 "b_q": b_q, "sb": sb, "zb": zb}
+def _biased_quantize(op: DFPattern, bias: DFPattern) -> DFPattern:
+    return is_op("relax.quantize")(is_op("relax.add")(op, bias) | op, is_const(), is_const())
+
+
+def _dequantize(name: str, vars_: dict[str, DFPattern], data: DFPattern | None = None) -> DFPattern:
+    vars_ |= {name: data or is_const(), f"s{name}": is_const(), f"z{name}": is_const()}
+    return is_op("relax.dequantize")(vars_[name], vars_[f"s{name}"], vars_[f"z{name}"])
+
+
+def _conv_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
+    """quantize(conv2d(dequantize(x), dequantize(W)) [+ reshape(dequantize(b))])."""
+    vars_: dict[str, DFPattern] = {}
+    vars_["op"] = is_op("relax.nn.conv2d")(_dequantize("x", vars_, wildcard()), _dequantize("w", vars_))
+    vars_["bias"] = is_op("relax.reshape")(_dequantize("b", vars_), wildcard())
+    return _biased_quantize(vars_["op"], vars_["bias"]), vars_
+
+
+def _dense_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
+    """quantize(matmul(dequantize(x), permute_dims(dequantize(W))) [+ dequantize(b)]): an ONNX Gemm."""
+    vars_: dict[str, DFPattern] = {}
+    vars_["transpose"] = is_op("relax.permute_dims")(_dequantize("w", vars_))
+    vars_["op"] = is_op("relax.matmul")(_dequantize("x", vars_, wildcard()), vars_["transpose"])
+    vars_["bias"] = _dequantize("b", vars_)
+    return _biased_quantize(vars_["op"], vars_["bias"]), vars_
 
 
 def _np(expr: relax.Expr) -> np.ndarray:
     return expr.value.numpy()
 
 
-def _rewrite(call: relax.Call, m: dict, vars_: dict) -> relax.Expr:  # noqa: ANN001
-    conv = m[vars_["conv"]]
-    x_q, zx_c = m[vars_["x_q"]], m[vars_["zx"]]
-    w_q, sw, zw = _np(m[vars_["w_q"]]), _np(m[vars_["sw"]]).astype(np.float64), _np(m[vars_["zw"]])
-    sx = float(_np(m[vars_["sx"]]).reshape(-1)[0])
-    zx = int(_np(zx_c).reshape(-1)[0])
-    attrs = conv.attrs
-    if (np.any(zw != 0) or _np(m[vars_["sx"]]).size != 1 or _np(zx_c).size != 1
-            or w_q.dtype not in (np.int8, np.uint8) or str(attrs.data_layout) != "NCHW"
-            or str(attrs.kernel_layout) != "OIHW"):
+def _requantize(call: relax.Call, m: dict, vars_: dict, integer_op, rank: int) -> relax.Expr:  # noqa: ANN001
+    """The integer version of the matched `call`; `integer_op(x_q, zx, w_q)` builds the int32 operation,
+    whose output has `rank` dimensions, channels second.
+
+    Returns `call` unchanged (the float path) where the operands are not what the integer form assumes.
+    """
+    x_q, w_q = m[vars_["x"]], _np(m[vars_["w"]])
+    sx, zx, sw, zw = (_np(m[vars_[k]]) for k in ("sx", "zx", "sw", "zw"))
+    if np.any(zw != 0) or sx.size != 1 or zx.size != 1 or w_q.dtype not in (np.int8, np.uint8):
         return call
     channels = w_q.shape[0]
-    sw = np.broadcast_to(sw.reshape(-1), (channels,))
-    scale = sx * sw
+    scale = float(sx.reshape(-1)[0]) * np.broadcast_to(sw.astype(np.float64).reshape(-1), (channels,))
     bias = np.zeros(channels)
     if vars_["bias"] in m:
-        q, scale, zp = (_np(m[vars_[k]]).astype(np.float64).reshape(-1) for k in ("b_q", "sb", "zb"))
-        bias = (q - zp) * scale
+        q, sb, zb = (_np(m[vars_[k]]).astype(np.float64).reshape(-1) for k in ("b", "sb", "zb"))
+        bias = (q - zb) * sb
+    zx = int(zx.reshape(-1)[0])
     offset = bias - zx * w_q.astype(np.int64).reshape(channels, -1).sum(axis=1) * scale
-    top, left, bottom, right = (int(p) for p in attrs.padding)
-    data = x_q
-    if top or left or bottom or right:
-        data = relax.op.nn.pad(x_q, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx))
-    acc = relax.op.nn.conv2d(data, relax.const(w_q), strides=attrs.strides, padding=[0, 0, 0, 0],
-                             dilation=attrs.dilation, groups=attrs.groups, out_dtype="int32")
-    as_channels = (1, channels, 1, 1)
+    acc = integer_op(x_q, zx, w_q)
+    if acc is None:
+        return call
+    as_channels = (1, channels) + (1,) * (rank - 2)
     y = relax.op.add(relax.op.multiply(relax.op.astype(acc, "float32"),
                                        relax.const(scale.reshape(as_channels).astype(np.float32))),
                      relax.const(offset.reshape(as_channels).astype(np.float32)))
-    sy, zy = call.args[1], call.args[2]
-    return relax.op.quantize(y, sy, zy, axis=call.attrs.axis, out_dtype=str(call.attrs.out_dtype))
+    return relax.op.quantize(y, call.args[1], call.args[2], axis=call.attrs.axis, out_dtype=str(call.attrs.out_dtype))
 
 
-def _count_convs(mod: tvm.IRModule) -> tuple[int, int]:
+def _rewrite_conv(call: relax.Call, m: dict, vars_: dict) -> relax.Expr:  # noqa: ANN001
+    attrs = m[vars_["op"]].attrs
+    if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW":
+        return call
+
+    def conv(x_q: relax.Expr, zx: int, w_q: np.ndarray) -> relax.Expr:
+        top, left, bottom, right = (int(p) for p in attrs.padding)
+        if top or left or bottom or right:  # pad with the zero point: the offset's correction stays exact
+            x_q = relax.op.nn.pad(x_q, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx))
+        return relax.op.nn.conv2d(x_q, relax.const(w_q), strides=attrs.strides, padding=[0, 0, 0, 0],
+                                  dilation=attrs.dilation, groups=attrs.groups, out_dtype="int32")
+
+    return _requantize(call, m, vars_, conv, rank=4)
+
+
+def _rewrite_dense(call: relax.Call, m: dict, vars_: dict) -> relax.Expr:  # noqa: ANN001
+    if [int(a) for a in m[vars_["transpose"]].attrs.axes] != [1, 0]:
+        return call
+
+    def dense(x_q: relax.Expr, _zx: int, w_q: np.ndarray) -> relax.Expr | None:
+        if w_q.ndim != 2:
+            return None
+        return relax.op.matmul(x_q, relax.const(np.ascontiguousarray(w_q.T)), out_dtype="int32")
+
+    return _requantize(call, m, vars_, dense, rank=2)
+
+
+def _count(mod: tvm.IRModule) -> tuple[int, int]:
+    """(integer, all) convolutions and matmuls in `mod`."""
     integer = total = 0
 
     def visit(expr: relax.Expr) -> None:
         nonlocal integer, total
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.nn.conv2d":
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in _OPS:
             total += 1
             integer += str(expr.attrs.out_dtype) == "int32"
 
@@ -98,13 +135,17 @@ def _count_convs(mod: tvm.IRModule) -> tuple[int, int]:
     return integer, total
 
 
+_OPS = ("relax.nn.conv2d", "relax.matmul")
+
+
 def integerize(mod: tvm.IRModule) -> tuple[tvm.IRModule, IntegerReport]:
-    """Rewrite the quantized convolutions of `mod` (an imported QDQ model) into integer ones."""
-    pattern, vars_ = _pattern()
+    """Rewrite the quantized convolutions and dense layers of `mod` (an imported QDQ model) into integer ones."""
     out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
-    for gvar, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            out[gvar] = rewrite_call(pattern, lambda call, m: _rewrite(call, m, vars_), func)
+    for make, rewrite in ((_conv_pattern, _rewrite_conv), (_dense_pattern, _rewrite_dense)):
+        pattern, vars_ = make()
+        for gvar, func in out.functions.items():
+            if isinstance(func, relax.Function):
+                out[gvar] = rewrite_call(pattern, lambda call, m, v=vars_, r=rewrite: r(call, m, v), func)
     out = relax.transform.Normalize()(out)
-    integer, total = _count_convs(out)
-    return out, IntegerReport(integer_convs=integer, float_convs=total - integer)
+    integer, total = _count(out)
+    return out, IntegerReport(integer_ops=integer, float_ops=total - integer)
