@@ -20,7 +20,8 @@ class RemoteSpec:
     key: str
     tracker: str | None = None  # "host:port" of a TVM RPC tracker
     direct: str | None = None  # "host:port" of one RPC server, bypassing the tracker
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # to get a session (waiting for a free board included)
+    session_timeout_s: float = 3600.0  # the board ends a session older than this (an eval on a slow board is long)
     priority: int = 1
 
     def __post_init__(self) -> None:

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +244,9 @@ def _check_agreement(built: Built, executor: Executor, batch: np.ndarray) -> flo
     return diff
 
 
+EMULATED_REPEATS = 3  # timing repeats on an emulated board
+
+
 def measure_variant(built: Built, profile: DeviceProfile, splits: DataSplits, progress: bool) -> dict[str, Any]:
     """Accuracy and latency of the compiled artifact, with PyTorch and ONNX Runtime peers; one result row."""
     recipe, spec = built.recipe, built.recipe.measure
@@ -253,6 +256,8 @@ def measure_variant(built: Built, profile: DeviceProfile, splits: DataSplits, pr
     where = "remote" if profile.is_remote else "local"
     log.info("evaluating %s on %d images (%s)", recipe.name, len(splits.val), where)
     acc = evaluate(executor, splits.val, spec.batch, splits.num_classes, progress, desc=f"eval {recipe.name}")
+    if emulated and spec.repeats > EMULATED_REPEATS:  # qemu's latencies say nothing of the board's: time briefly
+        spec = replace(spec, repeats=EMULATED_REPEATS, warmup=min(spec.warmup, 1))
     log.info("top-1 %.4f; timing %d repeats", acc.top1, spec.repeats)
     lat = latency_stats(executor.time(batch, spec))
     threads = profile.threads
@@ -299,6 +304,10 @@ def _measure_retrying(built: Built, splits: DataSplits, profile: DeviceProfile, 
             if not profile.is_remote:
                 raise
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if type(exc).__name__ == "RPCSessionTimeoutError":  # another board would time out alike
+                raise DeviceUnreachable(f"device {profile.name}: {built.recipe.name} outlasted the RPC session "
+                                        f"({profile.remote.session_timeout_s:.0f} s): raise session_timeout_s in "
+                                        "the profile's remote settings, or use --eval-samples") from None
             if attempt == attempts:
                 raise DeviceUnreachable(f"device {profile.name}: {built.recipe.name} failed on {attempts} boards; "
                                         f"last error: {reason}") from None
