@@ -306,7 +306,7 @@ def _measure_retrying(built: Built, splits: DataSplits, profile: DeviceProfile, 
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if type(exc).__name__ == "RPCSessionTimeoutError":  # another board would time out alike
                 raise DeviceUnreachable(f"device {profile.name}: {built.recipe.name} outlasted the RPC session "
-                                        f"({profile.remote.session_timeout_s:.0f} s): raise session_timeout_s in "
+                                        f"({profile.remote.session_timeout_s:g} s): raise session_timeout_s in "
                                         "the profile's remote settings, or use --eval-samples") from None
             if attempt == attempts:
                 raise DeviceUnreachable(f"device {profile.name}: {built.recipe.name} failed on {attempts} boards; "

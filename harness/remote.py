@@ -77,7 +77,7 @@ def _connect(profile: DeviceProfile) -> Any:
     remote = profile.remote
     if remote is None:
         raise HarnessError(f"device {profile.name} is local; it has no RPC settings")
-    timeout = int(remote.session_timeout_s)
+    timeout = remote.session_timeout_s
     try:
         if remote.direct is not None:
             host, port = parse_hostport(remote.direct, f"device {profile.name} rpc")

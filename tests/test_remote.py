@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import TINY_RECIPE
 from test_cli import harness
 
@@ -68,3 +69,22 @@ def test_run_without_a_board_keeps_the_cross_compiled_artifact(write_recipe, tmp
     (lib,) = (results / "runs").glob("*/*.so")
     assert int.from_bytes(lib.read_bytes()[18:20], "little") == 183  # ELF e_machine: EM_AARCH64
     assert not (results / "results.csv").exists()
+
+
+def test_a_run_that_outlasts_its_rpc_session_is_one_clear_error(write_recipe, tmp_path: Path) -> None:
+    """A real RPC server on this host, as a board whose sessions end after 0.3 s: no retries, one line."""
+    from tvm import rpc
+
+    server = rpc.Server(host="127.0.0.1", port=_free_port(), port_end=65000, silent=True)
+    board = tmp_path / "board.yaml"
+    board.write_text(yaml.safe_dump({
+        "name": "board", "description": "this host over RPC", "target": {"kind": "llvm"}, "threads": 1,
+        "remote": {"key": "board", "direct": f"127.0.0.1:{server.port}", "session_timeout_s": 0.3}}))
+    recipe = write_recipe(TINY_RECIPE | {"measure": {"repeats": 2000, "number": 10}})
+    try:
+        out = harness("-q", "run", str(recipe), "--device", str(board), "--results", str(tmp_path / "results"))
+    finally:
+        server.terminate()
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert "outlasted the RPC session (0.3 s): raise session_timeout_s" in line
