@@ -117,7 +117,21 @@ def bench_recipe(recipe: Recipe, profile: DeviceProfile, *, repeats: int = 30, w
         log.info("%s: timing %s", recipe.name, name)
         stats[name] = latency_stats(time_callable(call, spec))
     ort_ms = stats["onnxruntime"].median_ms
-    return [{"recipe": recipe.name, "dtype": prepared.dtype, "resolution": recipe.resolution, "runtime": name,
+    return [{"recipe": recipe.name, "dtype": prepared.dtype, "model": recipe.model.name, "width": recipe.width,
+             "resolution": recipe.resolution, "runtime": name,
              "latency_ms_median": s.median_ms, "latency_ms_min": s.min_ms, "vs_ort": s.median_ms / ort_ms,
              "tuned_kernels": prepared.tuned_kernels.get(name, ""), "threads": prepared.threads,
              "device": profile.name} for name, s in stats.items()]
+
+
+def add_fp32_ratios(rows: list[dict[str, Any]]) -> None:
+    """Set `vs_fp32` on rows of a quantized model: latency / the same runtime's on the fp32 model benched alongside.
+
+    The int8 "(float QDQ)" variants compare with the fp32 row of the same schedules ("tvm untuned"/"tvm tuned").
+    """
+    fp32 = {(r["model"], r["width"], r["resolution"], r["runtime"]): r["latency_ms_median"]
+            for r in rows if r["dtype"] == "fp32"}
+    for row in rows:
+        runtime = row["runtime"].removesuffix(" (float QDQ)")
+        reference = fp32.get((row["model"], row["width"], row["resolution"], runtime))
+        row["vs_fp32"] = row["latency_ms_median"] / reference if reference and row["dtype"] != "fp32" else None

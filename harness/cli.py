@@ -79,7 +79,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from harness.bench import bench_recipe
+    from harness.bench import add_fp32_ratios, bench_recipe
     from harness.device import load_device
     from harness.recipe import load_recipe
     from harness.results import format_rows
@@ -90,8 +90,9 @@ def _bench(args: argparse.Namespace) -> int:
     ws = Workspace(Path(args.results)) if args.results else Workspace()
     rows = [row for r in recipes for row in bench_recipe(r, profile, repeats=args.repeats, workspace=ws,
                                                           progress=not args.quiet)]
+    add_fp32_ratios(rows)
     print(format_rows(rows, ["recipe", "dtype", "runtime", "latency_ms_median", "latency_ms_min", "vs_ort",
-                             "tuned_kernels"]))
+                             "vs_fp32", "tuned_kernels"]))
     out = ws.root / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out, index=False)

@@ -1,0 +1,20 @@
+"""`harness bench` arithmetic: int8 rows are compared with the fp32 row of the same runtime and schedules."""
+
+import pytest
+
+from harness.bench import add_fp32_ratios
+
+
+def _row(dtype: str, runtime: str, ms: float, width: float = 1.0) -> dict:
+    return {"model": "mobilenet_v1", "width": width, "resolution": 224, "dtype": dtype, "runtime": runtime,
+            "latency_ms_median": ms}
+
+
+def test_int8_rows_get_their_ratio_to_the_matching_fp32_row() -> None:
+    rows = [_row("fp32", "tvm untuned", 400.0), _row("fp32", "onnxruntime", 4.0),
+            _row("int8", "tvm untuned", 100.0), _row("int8", "tvm untuned (float QDQ)", 500.0),
+            _row("int8", "onnxruntime", 3.0), _row("int8", "tvm tuned", 10.0),  # no fp32 tuned row benched
+            _row("int8", "tvm untuned", 50.0, width=0.5)]  # another model: no fp32 row
+    add_fp32_ratios(rows)
+    assert [r["vs_fp32"] for r in rows] == [None, None, pytest.approx(0.25), pytest.approx(1.25),
+                                            pytest.approx(0.75), None, None]
