@@ -327,12 +327,22 @@ def _measure_all(builds: list[tuple[Built, DataSplits]], profile: DeviceProfile,
         return list(pool.map(lambda bs: _measure_retrying(bs[0], bs[1], profile, False), builds))
 
 
+def _tuned_fraction(row: dict[str, Any]) -> float:
+    """The share of the row's kernels with tuned schedules ("k/n", or "untuned")."""
+    tuned, _, total = str(row.get("tuned_kernels", "")).partition("/")
+    return int(tuned) / int(total) if total else 0.0
+
+
 def _compare(rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
     """Fill acc_delta and speedup of each row against the reference row."""
     for row in rows:
         row["reference"] = ref["recipe"]
         row["acc_delta"] = row["top1"] - ref["top1"]
         row["speedup"] = ref["latency_ms_median"] / row["latency_ms_median"]
+        if abs(_tuned_fraction(row) - _tuned_fraction(ref)) > 0.5:
+            log.warning("%s: its speedup compares %s tuned kernels with the reference's %s; `harness tune` the "
+                        "recipe for a like-for-like comparison", row["recipe"], row["tuned_kernels"],
+                        ref["tuned_kernels"])
 
 
 def run_variants(variants: list[Recipe], reference: Recipe, profile: DeviceProfile, *,
