@@ -68,7 +68,7 @@ def _tune(args: argparse.Namespace) -> int:
     profile = load_device(args.device).with_remote(tracker=args.tracker, direct=args.rpc)
     ws = Workspace(Path(args.results)) if args.results else Workspace()
     report = tune_variants(list(variants.values()), profile, trials=args.trials, minutes=args.minutes,
-                           workspace=ws, progress=not args.quiet)
+                           workspace=ws, progress=not args.quiet, refine=args.refine)
     print(f"tuned {', '.join(r.name for r in recipes)} for {profile.name}: {report.summary()}")
     print(f"database: {tuning_database(profile, ws)}")
     return 0
@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("recipe", nargs="+", help="recipe file(s) or name(s); their references are tuned too")
     tune.add_argument("--trials", type=int, default=1000, help="measured candidates in all (default 1000)")
     tune.add_argument("--minutes", type=float, help="time budget; stops at whichever of trials/minutes comes first")
+    tune.add_argument("--refine", action="store_true",
+                      help="tune kernels that already have schedules too (continuing from the best ones)")
     tune.add_argument("--device", default="x86", help="device profile name or file (default: x86)")
     tune.add_argument("--rpc", metavar="HOST:PORT", help="measure on the device's RPC server directly")
     tune.add_argument("--tracker", metavar="HOST:PORT", help="measure on devices of the profile's key at this tracker")

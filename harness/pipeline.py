@@ -194,10 +194,12 @@ def build_variant(recipe: Recipe, profile: DeviceProfile, splits: DataSplits, ws
 
 
 def tune_variants(variants: list[Recipe], profile: DeviceProfile, *, trials: int, minutes: float | None = None,
-                  workspace: Workspace | None = None, progress: bool = True) -> tuning.TuneReport:
+                  workspace: Workspace | None = None, progress: bool = True, refine: bool = False
+                  ) -> tuning.TuneReport:
     """Tune the kernels of all `variants` (as compiled for `profile`) into the device's database, together.
 
-    Kernels shared between variants are tuned once; kernels already in the database are skipped.
+    Kernels shared between variants are tuned once; kernels already in the database are skipped (unless
+    `refine`).
     """
     ws = workspace or Workspace()
     mods = []
@@ -208,7 +210,7 @@ def tune_variants(variants: list[Recipe], profile: DeviceProfile, *, trials: int
     database = tuning_database(profile, ws)
     log.info("tuning %d model(s) for %s into %s", len(mods), profile.name, database)
     return tuning.tune(mods, build_target(profile), database, trials=trials, minutes=minutes, profile=profile,
-                       progress=progress)
+                       progress=progress, refine=refine)
 
 
 # ---------------------------------------------------------------- measure and record

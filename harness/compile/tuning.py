@@ -230,17 +230,21 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
 
 
 def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path, *, trials: int,
-         minutes: float | None = None, profile: DeviceProfile | None = None, progress: bool = True) -> TuneReport:
+         minutes: float | None = None, profile: DeviceProfile | None = None, progress: bool = True,
+         refine: bool = False) -> TuneReport:
     """Tune the kernels of `mods` that the database lacks: up to `trials` measurements, or `minutes`.
 
-    Tasks already tuned for this target are skipped, so re-tuning covered modules spends nothing.
+    Tasks already tuned for this target are skipped, so re-tuning covered modules spends nothing; with
+    `refine` they are tuned again too (the search starts from the best schedules in the database).
     Each task gets an equal share of the trials; the gradient scheduler spends them where latency falls most.
     """
     start = time.monotonic()
     tasks = extract_tasks(mods, target)
     db = open_database(db_path)
-    todo = [t for t in tasks if not _is_tuned(db, t, target)]
-    log.info("%d tuning tasks, %d already tuned for this target", len(tasks), len(tasks) - len(todo))
+    todo = [t for t in tasks if refine or not _is_tuned(db, t, target)]
+    tuned_before = sum(_is_tuned(db, t, target) for t in tasks) if refine else len(tasks) - len(todo)
+    log.info("%d tuning tasks, %d already tuned for this target%s", len(tasks), tuned_before,
+             " (refining them)" if refine and tuned_before else "")
     measured, stopped = 0, False
     if todo and trials > 0:
         per_task = max(8, -(-trials // len(todo)))
@@ -272,7 +276,7 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
             measured, stopped = stats.trials, stats.stopped
     if database_fingerprint(db_path) is not None:
         log.info("kept %d records (the best per kernel) in %s", compact(db_path), db_path)
-    return TuneReport(tasks=len(tasks), tasks_tuned_before=len(tasks) - len(todo),
+    return TuneReport(tasks=len(tasks), tasks_tuned_before=tuned_before,
                       trials=measured, seconds=time.monotonic() - start,
                       stopped_by_deadline=stopped, coverage=coverage(mods, target, db_path))
 
