@@ -78,6 +78,21 @@ def test_a_board_that_drops_mid_run_is_replaced(boards, write_recipe, tmp_path) 
         boards[1:] = emulator.start(load_device("rpi4"), boards=1)
 
 
+def test_tuning_measures_candidates_on_the_board(boards, write_recipe, tmp_path) -> None:
+    """MetaSchedule's RPCRunner through the tracker: aarch64 candidates built here, timed on an emulated
+    board, and the rpi4 database used by the next run there."""
+    recipe, results = write_recipe(TINY_RECIPE), tmp_path / "results"
+    out = harness("-q", "tune", str(recipe), "--device", "rpi4", "--trials", "16", "--results", str(results))
+    assert out.returncode == 0, out.stderr
+    assert "(0 tuned before), 16 trials" in out.stdout, out.stdout
+    assert list((results / "tuning" / "rpi4").glob("*/database_tuning_record.json"))
+    run = harness("-q", "run", str(recipe), "--device", "rpi4", "--results", str(results))
+    assert run.returncode == 0, run.stderr
+    row = _rows(results).iloc[-1]
+    tuned, total = map(int, row["tuned_kernels"].split("/"))
+    assert row["emulated"] and 0 < tuned < total and row["max_abs_diff"] < 1e-3
+
+
 def test_emulator_cli_status_lists_the_boards(boards) -> None:
     out = harness("emulator", "status")
     assert out.returncode == 0 and "rpi4: 2 board(s) registered" in out.stdout
