@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
@@ -92,4 +93,5 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def format_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
     """Rows as an aligned text table with the most telling columns."""
     frame = pd.DataFrame(list(rows)).reindex(columns=list(columns))
+    frame = frame.astype(object).where(frame.notna(), np.nan).infer_objects()  # None (e.g. no peers) prints as "-"
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")

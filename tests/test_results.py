@@ -44,3 +44,9 @@ def test_latency_stats() -> None:
     assert stats.repeats == 5
     with pytest.raises(ValueError):
         latency_stats([])
+
+
+def test_missing_values_print_as_a_dash() -> None:
+    """A remote row has no PyTorch/ORT peers: the table shows '-', not 'None'."""
+    text = format_rows([{"recipe": "r", "top1": 0.5, "torch_latency_ms": None}], ["recipe", "top1", "torch_latency_ms"])
+    assert "None" not in text and text.splitlines()[1].split() == ["r", "0.5", "-"]
