@@ -119,6 +119,9 @@ def _rewrite_dense(call: relax.Call, m: dict, vars_: dict) -> relax.Expr:  # noq
     return _requantize(call, m, vars_, dense, rank=2)
 
 
+_OPS = ("relax.nn.conv2d", "relax.matmul")
+
+
 def _count(mod: tvm.IRModule) -> tuple[int, int]:
     """(integer, all) convolutions and matmuls in `mod`."""
     integer = total = 0
@@ -133,9 +136,6 @@ def _count(mod: tvm.IRModule) -> tuple[int, int]:
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
     return integer, total
-
-
-_OPS = ("relax.nn.conv2d", "relax.matmul")
 
 
 def integerize(mod: tvm.IRModule) -> tuple[tvm.IRModule, IntegerReport]:

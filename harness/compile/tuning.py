@@ -241,8 +241,9 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
     start = time.monotonic()
     tasks = extract_tasks(mods, target)
     db = open_database(db_path)
-    todo = [t for t in tasks if refine or not _is_tuned(db, t, target)]
-    tuned_before = sum(_is_tuned(db, t, target) for t in tasks) if refine else len(tasks) - len(todo)
+    tuned = [_is_tuned(db, t, target) for t in tasks]
+    todo = [t for t, done in zip(tasks, tuned, strict=True) if refine or not done]
+    tuned_before = sum(tuned)
     log.info("%d tuning tasks, %d already tuned for this target%s", len(tasks), tuned_before,
              " (refining them)" if refine and tuned_before else "")
     measured, stopped = 0, False
