@@ -84,6 +84,16 @@ def open_database(path: Path) -> ms.database.JSONDatabase:
                                     allow_missing=True)
 
 
+def prepacks_weights(target: tvm.target.Target) -> bool:
+    """Whether tuned kernels for `target` may choose their own weight layout (CPU targets).
+
+    The kernels' weight buffers are marked layout-free, so MetaSchedule's RewriteLayout postprocessor lets
+    a schedule read its weights in the order its loops visit them; the build then repacks the (constant)
+    weights into that layout once, at compile time.
+    """
+    return target.kind.name == "llvm"
+
+
 def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Lower to fused TIR kernels exactly as the database-aware build does, so workload keys match."""
     from tvm import relax
@@ -91,6 +101,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     seq = [*relax.pipeline.library_dispatch_passes(target), relax.transform.LegalizeOps(),
            relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
            relax.transform.FuseTIR()]
+    if prepacks_weights(target):
+        seq.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target, tvm.transform.PassContext(opt_level=3):
         return tvm.transform.Sequential(seq)(mod)
 
@@ -127,6 +139,40 @@ def _warm_worker() -> None:
     import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
+class _Session:
+    """One tuning session's progress and time budget, shared by the builder and the measure callback.
+
+    MetaSchedule's gradient scheduler measures its first pass over all tasks (often most of a session)
+    before it calls any measure callback, so progress and the deadline are followed as candidates are built.
+    """
+
+    def __init__(self, bar: tqdm, num_tasks: int, deadline: float | None) -> None:
+        self.bar, self.num_tasks, self.deadline = bar, num_tasks, deadline
+        self.trials, self.skipped, self.tasks_started, self.best, self.stopped = 0, 0, 0, {}, False
+        self.logged = time.monotonic()
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def built(self, candidates: int) -> None:
+        """Count a batch of built candidates (one task's), and report."""
+        self.trials += candidates
+        self.tasks_started = min(self.tasks_started + 1, self.num_tasks)
+        self.bar.update(candidates)
+        self.bar.set_postfix_str(self.status())
+        if self.bar.disable and time.monotonic() - self.logged > 60:  # no bar (not a terminal): a line a minute
+            self.logged = time.monotonic()
+            log.info("tuning: %d trials, %s", self.trials, self.status())
+
+    def status(self) -> str:
+        parts = [f"tasks {self.tasks_started}/{self.num_tasks}"]
+        if self.best:
+            parts.append(f"sum of best kernels {1e3 * sum(self.best.values()):.2f} ms")
+        if self.deadline is not None:
+            parts.append(f"{max(0.0, self.deadline - time.monotonic()) / 60:.1f} min left")
+        return ", ".join(parts)
+
+
 @derived_object
 class WarmBuilder(PyBuilder):
     """MetaSchedule's LocalBuilder, but with a worker pool kept across batches.
@@ -135,13 +181,14 @@ class WarmBuilder(PyBuilder):
     importing TVM's tensor intrinsics before its first build: most of the tuning time. The pool here is
     recycled every `recycle_after` batches instead (LocalBuilder restarts to bound a worker memory leak).
     A build that takes longer than `timeout_sec` (LLVM on a pathological unrolling) is killed and fails.
+    With a `session`, built candidates are counted there, and none is built once its time budget is spent.
     """
 
     def __init__(self, *, max_workers: int = 2, timeout_sec: float = 30.0, f_export=None,  # noqa: ANN001
-                 recycle_after: int = 40) -> None:
+                 recycle_after: int = 40, session: _Session | None = None) -> None:
         super().__init__()
         self.max_workers, self.timeout_sec, self.f_export = max_workers, timeout_sec, f_export
-        self.recycle_after, self.batches, self.pool = recycle_after, 0, None
+        self.recycle_after, self.batches, self.pool, self.session = recycle_after, 0, None, session
 
     def _executor(self) -> PopenPoolExecutor:
         if self.pool is not None and self.batches >= self.recycle_after:
@@ -154,6 +201,9 @@ class WarmBuilder(PyBuilder):
         return self.pool
 
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
+        if self.session is not None and self.session.expired():
+            self.session.skipped += len(build_inputs)
+            return [BuilderResult(None, "not built: the tuning time budget is spent") for _ in build_inputs]
         args = [(None, self.f_export, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
         results = []
         for res in self._executor().map_with_error_catching(lambda x: _worker_func(*x), args):
@@ -161,6 +211,8 @@ class WarmBuilder(PyBuilder):
                 results.append(BuilderResult(res.value, None))
             else:
                 results.append(BuilderResult(None, f"WarmBuilder: {res.status.name}: {res.value}"))
+        if self.session is not None:
+            self.session.built(len(build_inputs))
         return results
 
     def close(self) -> None:
@@ -201,29 +253,21 @@ def runner_for(profile: DeviceProfile) -> ms.runner.Runner:
 
 @derived_object
 class _Progress(ms.measure_callback.PyMeasureCallback):
-    """Advances the progress bar per measured candidate; ends every task once the deadline has passed."""
+    """Records each task's best latency; ends every task once the session's deadline has passed."""
 
-    def __init__(self, bar: tqdm, num_tasks: int, deadline: float | None) -> None:
+    def __init__(self, session: _Session) -> None:
         super().__init__()
-        self.bar, self.num_tasks, self.deadline = bar, num_tasks, deadline
-        self.trials, self.best, self.done, self.stopped = 0, {}, set(), False
-        self.logged = time.monotonic()
+        self.session = session
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:  # noqa: ANN001
-        self.trials += len(runner_results)
+        session = self.session
         for result in runner_results:
             if result.run_secs:
                 secs = sum(float(s) for s in result.run_secs) / len(result.run_secs)
-                self.best[task_id] = min(self.best.get(task_id, float("inf")), secs)
-        self.done.add(task_id)
-        self.bar.update(len(runner_results))
-        status = f"tasks {len(self.done)}/{self.num_tasks}, sum of best kernels {1e3 * sum(self.best.values()):.2f} ms"
-        self.bar.set_postfix_str(status)
-        if self.bar.disable and time.monotonic() - self.logged > 60:  # no bar (not a terminal): a line a minute
-            self.logged = time.monotonic()
-            log.info("tuning: %d trials, %s", self.trials, status)
-        if self.deadline is not None and time.monotonic() > self.deadline and not self.stopped:
-            self.stopped = True
+                session.best[task_id] = min(session.best.get(task_id, float("inf")), secs)
+        session.bar.set_postfix_str(session.status())
+        if session.expired() and not session.stopped:
+            session.stopped = True
             for i, task in enumerate(task_scheduler.tasks_):
                 if not task.is_terminated:
                     task_scheduler.terminate_task(i)
@@ -256,25 +300,25 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, str(work_dir),
                                                                                   strategy=strategy)
         deadline = start + 60 * minutes if minutes else None
-        builder = WarmBuilder(f_export=_cross_export(profile.cross_compiler)
-                              if profile is not None and profile.cross_compiler else None)
         runner = runner_for(profile) if profile is not None else ms.runner.LocalRunner()
         with tqdm(total=trials, desc="tune", unit="trial", disable=None if progress else True) as bar:
-            stats = _Progress(bar, len(todo), deadline)
+            session = _Session(bar, len(todo), deadline)
+            builder = WarmBuilder(f_export=_cross_export(profile.cross_compiler)
+                                  if profile is not None and profile.cross_compiler else None, session=session)
             try:
                 ms.tune.tune_tasks(
                     tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
                     max_trials_per_task=per_task, num_trials_per_iter=min(16, per_task), database=db,
                     builder=builder, runner=runner,
-                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), stats])
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _Progress(session)])
             except tvm.error.InternalError as exc:
                 # Ending tasks from a measure callback can leave the scheduler holding a task it just saw end
                 # (it checks `!task->is_terminated`); every measured record is in the database by then.
-                if not (stats.stopped and "is_terminated" in str(exc)):
+                if not (session.stopped and "is_terminated" in str(exc)):
                     raise
             finally:
                 builder.close()
-            measured, stopped = stats.trials, stats.stopped
+            measured, stopped = session.trials, session.stopped or session.skipped > 0
     if database_fingerprint(db_path) is not None:
         log.info("kept %d records (the best per kernel) in %s", compact(db_path), db_path)
     return TuneReport(tasks=len(tasks), tasks_tuned_before=tuned_before,
@@ -309,7 +353,32 @@ def compact(path: Path, keep: int = 2) -> int:
     return kept
 
 
+def _lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """Relax's passes after scheduling, to the VM (TVM 0.27's relax.pipeline misses them for CPU targets)."""
+    from tvm import relax
+
+    backend = relax.pipeline
+    if target.kind.name == "llvm":
+        from tvm.relax.backend.cpu_generic import pipeline as backend
+    return [*backend.dataflow_lower_passes(target), *backend.finalize_passes(target)]
+
+
 def compile_with_database(mod: tvm.IRModule, target: tvm.target.Target, db_path: Path) -> tvm.runtime.Executable:
-    """Build `mod`, taking every kernel the database has a schedule for (the rest untuned)."""
-    with tvm.transform.PassContext(opt_level=3):
-        return ms.relax_integration.compile_relax(open_database(db_path), mod, target, params=None)
+    """Build `mod`, taking every kernel the database has a schedule for (the rest untuned).
+
+    Where a tuned schedule rewrote its weight layout, the repacking is split out of the kernel and
+    constant-folded: the library holds the weights prepacked and the kernel reads them as they lie.
+    """
+    from tvm import relax
+
+    tail = _lowering_passes(target)
+    prepack = [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant()] \
+        if prepacks_weights(target) else []
+
+    @tvm.transform.module_pass(opt_level=3)
+    def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        mod = relax.transform.MetaScheduleApplyDatabase()(fuse(mod, target))
+        return tvm.transform.Sequential([*prepack, *tail])(mod)
+
+    with target, open_database(db_path), tvm.transform.PassContext(opt_level=3):
+        return relax.build(mod, target=target, relax_pipeline=pipeline)
