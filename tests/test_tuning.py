@@ -71,13 +71,13 @@ def test_cli_tune_then_run_uses_the_tuned_schedules(write_recipe, tmp_path: Path
     assert report.tasks == total and report.tasks_tuned_before == tuned and report.trials == 0
 
 
-@pytest.mark.slow  # ~75 s: MetaSchedule checks the budget only after a first pass over every task
+@pytest.mark.slow  # ~1 min: a budget of 18 s on a 4-kernel model (the builder workers take ~20 s to start)
 def test_time_budget_stops_tuning_and_keeps_what_was_measured(tmp_path: Path) -> None:
     """--minutes ends a session that its trials would make long; the records so far are kept, compacted."""
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
     mod = import_onnx(export_onnx(model, tmp_path / "m.onnx", resolution=32))
-    report = tuning.tune([mod], build_target(load_device("x86")), tmp_path / "db", trials=100_000, minutes=0.1,
+    report = tuning.tune([mod], build_target(load_device("x86")), tmp_path / "db", trials=100_000, minutes=0.3,
                          progress=False)
     assert report.stopped_by_deadline and 0 < report.trials < 100_000
     assert report.coverage.tuned > 0 and report.seconds < 300

@@ -142,8 +142,9 @@ def _warm_worker() -> None:
 class _Session:
     """One tuning session's progress and time budget, shared by the builder and the measure callback.
 
-    MetaSchedule's gradient scheduler measures its first pass over all tasks (often most of a session)
-    before it calls any measure callback, so progress and the deadline are followed as candidates are built.
+    MetaSchedule's gradient scheduler hands the measurements of its first pass over all tasks (often most
+    of a session) to the measure callbacks only once that pass is over, so progress and the deadline are
+    followed as candidates are built.
     """
 
     def __init__(self, bar: tqdm, num_tasks: int, deadline: float | None) -> None:
