@@ -153,7 +153,8 @@ class _Session:
         self.logged = time.monotonic()
 
     def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
+        """The budget is spent (checked once a first batch is built, so that a session always tunes something)."""
+        return self.deadline is not None and self.trials > 0 and time.monotonic() > self.deadline
 
     def built(self, candidates: int) -> None:
         """Count a batch of built candidates (one task's), and report."""
