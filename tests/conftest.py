@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,9 @@ def write_recipe(tmp_path: Path):
         return path
 
     return write
+
+
+def fresh_tune_trials(stdout: str) -> int:
+    """The trials a `harness tune` from an empty database reports in its summary (0 when it reports none)."""
+    found = re.search(r"\(0 tuned before\), (\d+) trials", stdout)
+    return int(found[1]) if found else 0
