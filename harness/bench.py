@@ -38,7 +38,7 @@ def _artifact(dep: Deployable, profile: DeviceProfile, ws: Workspace, tuned: boo
     if tuned and fingerprint is None:
         return None
     lib = ws.artifact_path(dep.onnx_key, profile.name, target_json(build_target(profile)),
-                           options | {"tuning": fingerprint})
+                           options | {"layout": profile.layout, "tuning": fingerprint})
     artifact = Artifact.load_meta(lib)
     return artifact or compile_onnx(dep.deploy_onnx, profile, lib, database=database, **options)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,13 @@ from harness.errors import HarnessError
 from harness.schema import from_dict, load_yaml
 
 DEVICES_DIR = Path(__file__).resolve().parent.parent / "devices"
+
+
+class ConvLayout(StrEnum):
+    """Data layout the convolutions are compiled (and tuned) in."""
+
+    NCHW = "NCHW"  # as ONNX imports them
+    NHWC = "NHWC"  # channels innermost: faster CPU kernels (see harness.compile.layout)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -50,6 +58,7 @@ class DeviceProfile:
     target: dict[str, Any]  # TVM target as a JSON dict; "mcpu: native" means this host's CPU
     host_target: dict[str, Any] | None = None  # for GPU targets, the CPU side
     threads: int | None = None  # None: all cores of the device
+    layout: ConvLayout = ConvLayout.NCHW  # of float convolutions (int8 integer ones stay NCHW)
     cross_compiler: str | None = None  # C compiler that links the shared library (e.g. aarch64-linux-gnu-gcc)
     remote: RemoteSpec | None = None  # None: run on this host
     emulator: EmulatorSpec | None = None

@@ -182,7 +182,7 @@ def build_variant(recipe: Recipe, profile: DeviceProfile, splits: DataSplits, ws
     database = tuning_database(profile, ws)
     target = target_json(build_target(profile))
     lib = ws.artifact_path(dep.onnx_key, profile.name, target,
-                           dep.options | {"tuning": tuning.database_fingerprint(database)})
+                           dep.options | {"layout": profile.layout, "tuning": tuning.database_fingerprint(database)})
     artifact = Artifact.load_meta(lib)
     if artifact is None:
         log.info("compiling %s for %s", recipe.name, profile.name)
@@ -206,7 +206,7 @@ def tune_variants(variants: list[Recipe], profile: DeviceProfile, *, trials: int
     for variant in variants:
         splits = load_data(variant.data, variant.resolution)
         dep = deployable(variant, splits, ws, progress)
-        mods.append(prepare_module(dep.deploy_onnx, **dep.options))
+        mods.append(prepare_module(dep.deploy_onnx, layout=profile.layout, **dep.options))
     database = tuning_database(profile, ws)
     log.info("tuning %d model(s) for %s into %s", len(mods), profile.name, database)
     return tuning.tune(mods, build_target(profile), database, trials=trials, minutes=minutes, profile=profile,

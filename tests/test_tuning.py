@@ -9,7 +9,7 @@ import tvm
 from conftest import TINY_RECIPE, fresh_tune_trials
 from test_cli import harness
 
-from harness.compile import import_onnx, tuning
+from harness.compile import import_onnx, prepare_module, tuning
 from harness.compile.target import build_target
 from harness.device import load_device
 from harness.errors import HarnessError
@@ -63,9 +63,9 @@ def test_cli_tune_then_run_uses_the_tuned_schedules(write_recipe, tmp_path: Path
     tuned, total = map(int, row["tuned_kernels"].split("/"))
     assert 0 < tuned < total and row["max_abs_diff"] < 1e-3
     # The same kernels, extracted in this process, are found in the database and not tuned again.
-    model = build_model("test_mobilenet_v1", width=0.25, num_classes=10).eval()
-    mod = import_onnx(export_onnx(model, tmp_path / "m.onnx", resolution=32))
-    report = tuning.tune([mod], build_target(load_device("x86")), db.parent, trials=0, progress=False)
+    model, x86 = build_model("test_mobilenet_v1", width=0.25, num_classes=10).eval(), load_device("x86")
+    mod = prepare_module(export_onnx(model, tmp_path / "m.onnx", resolution=32), layout=x86.layout)
+    report = tuning.tune([mod], build_target(x86), db.parent, trials=0, progress=False)
     assert report.tasks == total and report.tasks_tuned_before == tuned and report.trials == 0
 
 

@@ -17,8 +17,9 @@ import tvm
 from tvm.relax.frontend.onnx import from_onnx
 
 from harness.compile.integer import integerize
+from harness.compile.layout import convert_layout
 from harness.compile.target import build_target, target_json
-from harness.device import DeviceProfile
+from harness.device import ConvLayout, DeviceProfile
 from harness.errors import HarnessError
 from harness.export import OnnxModel
 
@@ -87,16 +88,21 @@ def _export(executable: tvm.runtime.Executable, path: Path, profile: DeviceProfi
     tmp.replace(path)
 
 
-def prepare_module(model: OnnxModel, *, fp16: bool = False, integer: bool = False,
-                   details: dict[str, Any] | None = None) -> tvm.IRModule:
+def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW, fp16: bool = False,
+                   integer: bool = False, details: dict[str, Any] | None = None) -> tvm.IRModule:
     """The Relax module that is compiled (and tuned): the imported ONNX graph, weights bound as constants.
 
+    `layout`: of the float convolutions (harness.compile.layout); integer ones stay NCHW, since Relax cannot
+    convert the layout of the quantize ops around them.
     `fp16`: convolutions and matrix products computed in float16 (Relax ToMixedPrecision).
     `integer`: a QDQ model's quantized convolutions become integer ones (harness.compile.integer).
     What was done is added to `details`.
     """
     mod = import_onnx(model)
     details = details if details is not None else {}
+    layout = ConvLayout.NCHW if integer else layout
+    mod = convert_layout(mod, layout)
+    details["layout"] = str(layout)
     if fp16:
         mod = tvm.relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
         details["fp16"] = True
@@ -120,7 +126,7 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *, fp
     target = build_target(profile)
     start = time.perf_counter()
     details: dict[str, Any] = {}
-    mod = prepare_module(model, fp16=fp16, integer=integer, details=details)
+    mod = prepare_module(model, layout=profile.layout, fp16=fp16, integer=integer, details=details)
     if database is not None and tuning.database_fingerprint(database) is not None:
         covered = tuning.coverage([mod], target, database)
         log.info("building %s for %s with tuned schedules for %s kernels", model.path.name, profile.name, covered)

@@ -1,0 +1,49 @@
+"""Convolution data layout: NCHW as ONNX imports it, or NHWC (channels innermost) for CPU kernels.
+
+In NHWC a 1×1 convolution is a plain matrix product with the output channels contiguous, and a
+depthwise convolution vectorizes over channels instead of over a short image row; MetaSchedule finds
+much faster CPU schedules for both (measured in the README's tuning section). Relax's ConvertLayout
+rewrites every convolution and the elementwise ops between them, so only the graph's input and its
+pooled output are transposed.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from harness.device import ConvLayout
+
+_KERNEL_LAYOUT = {ConvLayout.NHWC: "HWIO"}  # output channels innermost, like the data
+
+
+@relax.expr_functor.mutator
+class _ClipAsRelaxOps(relax.PyExprMutator):
+    """The ONNX importer emits Clip (ReLU6) as `call_tir` of TE `maximum`/`minimum` kernels with a scalar
+    bound, which ConvertLayout cannot see through (it would transpose around every activation); this
+    turns them back into Relax `maximum`/`minimum` ops, which it converts."""
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not call.op.same_as(tvm.ir.Op.get("relax.call_tir")) or not isinstance(call.args[1], relax.Tuple):
+            return call
+        fields = call.args[1].fields
+        if len(fields) != 2 or getattr(fields[1].ty, "ndim", -1) != 0:
+            return call
+        name = call.args[0].name_hint
+        for prefix, op in (("maximum", relax.op.maximum), ("minimum", relax.op.minimum)):
+            if name.startswith(prefix):
+                return op(*fields)
+        return call
+
+
+def convert_layout(mod: tvm.IRModule, layout: ConvLayout) -> tvm.IRModule:
+    """`mod` (as imported, NCHW) with its convolutions and the ops between them in `layout`."""
+    if layout is ConvLayout.NCHW:
+        return mod
+    mutator = _ClipAsRelaxOps(mod)
+    for gvar, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    mod = relax.transform.DeadCodeElimination()(mutator.builder_.get())
+    return relax.transform.ConvertLayout({"relax.nn.conv2d": [str(layout), _KERNEL_LAYOUT[layout]]})(mod)
