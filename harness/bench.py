@@ -15,13 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.compile import Artifact, compile_onnx
-from harness.compile.target import build_target, target_json
+from harness.compile import Artifact
 from harness.data import calibration_batches, load_data
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
 from harness.measure import LocalExecutor, latency_stats, ort_session, time_callable
-from harness.pipeline import Deployable, deployable, tuning_database
+from harness.pipeline import Deployable, compiled_artifact, deployable, tuning_database
 from harness.recipe import Recipe
 from harness.workspace import Workspace
 
@@ -34,13 +33,9 @@ def _artifact(dep: Deployable, profile: DeviceProfile, ws: Workspace, tuned: boo
     from harness.compile.tuning import database_fingerprint
 
     database = tuning_database(profile, ws) if tuned else None
-    fingerprint = database_fingerprint(database) if database is not None else None
-    if tuned and fingerprint is None:
+    if database is not None and database_fingerprint(database) is None:
         return None
-    lib = ws.artifact_path(dep.onnx_key, profile.name, target_json(build_target(profile)),
-                           options | {"layout": profile.layout, "tuning": fingerprint})
-    artifact = Artifact.load_meta(lib)
-    return artifact or compile_onnx(dep.deploy_onnx, profile, lib, database=database, **options)
+    return compiled_artifact(dep, profile, ws, options, database)
 
 
 def _tvm_runner(artifact: Artifact, batch: np.ndarray, threads: int | None) -> Callable[[], object]:

@@ -172,23 +172,28 @@ def tuning_database(profile: DeviceProfile, ws: Workspace) -> Path:
     return tuning.database_dir(ws.tuning_root, profile.name, build_target(profile))
 
 
-def build_variant(recipe: Recipe, profile: DeviceProfile, splits: DataSplits, ws: Workspace,
-                  progress: bool) -> Built:
-    """Model → ONNX (→ int8 QDQ) → compiled artifact for `profile`, every stage cached.
+def compiled_artifact(dep: Deployable, profile: DeviceProfile, ws: Workspace, options: dict[str, Any],
+                      database: Path | None) -> Artifact:
+    """`dep` compiled for `profile` with `options` (and the tuning `database`, if any), cached.
 
-    The artifact's cache key includes the tuning database's contents: new schedules mean a rebuild.
+    The cache key includes the target, the layout and the database's contents: new schedules mean a rebuild.
     """
-    dep = deployable(recipe, splits, ws, progress)
-    database = tuning_database(profile, ws)
-    target = target_json(build_target(profile))
-    lib = ws.artifact_path(dep.onnx_key, profile.name, target,
-                           dep.options | {"layout": profile.layout, "tuning": tuning.database_fingerprint(database)})
+    fingerprint = tuning.database_fingerprint(database) if database is not None else None
+    lib = ws.artifact_path(dep.onnx_key, profile.name, target_json(build_target(profile)),
+                           options | {"layout": profile.layout, "tuning": fingerprint})
     artifact = Artifact.load_meta(lib)
     if artifact is None:
-        log.info("compiling %s for %s", recipe.name, profile.name)
-        artifact = compile_onnx(dep.deploy_onnx, profile, lib, database=database, **dep.options)
-    else:
-        log.info("reusing compiled artifact %s", lib)
+        log.info("compiling %s for %s", dep.recipe.name, profile.name)
+        return compile_onnx(dep.deploy_onnx, profile, lib, database=database, **options)
+    log.info("reusing compiled artifact %s", lib)
+    return artifact
+
+
+def build_variant(recipe: Recipe, profile: DeviceProfile, splits: DataSplits, ws: Workspace,
+                  progress: bool) -> Built:
+    """Model → ONNX (→ int8 QDQ) → compiled artifact for `profile`, every stage cached."""
+    dep = deployable(recipe, splits, ws, progress)
+    artifact = compiled_artifact(dep, profile, ws, dep.options, tuning_database(profile, ws))
     return Built(recipe=recipe, model=dep.model, fp32_onnx=dep.fp32_onnx, deploy_onnx=dep.deploy_onnx,
                  dtype=dep.dtype, artifact=artifact, step_info=dep.step_info)
 

@@ -4,7 +4,6 @@ Marked `rpi`: `tox -e slow` and CI run it; it is skipped, with the reason, where
 up (no qemu-user-static or debootstrap, not root, no Debian mirror or PyPI).
 """
 
-
 import pandas as pd
 import pytest
 from conftest import TINY_RECIPE, fresh_tune_trials

@@ -15,6 +15,7 @@ from tvm import relax
 from harness.device import ConvLayout
 
 _KERNEL_LAYOUT = {ConvLayout.NHWC: "HWIO"}  # output channels innermost, like the data
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
 
 @relax.expr_functor.mutator
@@ -25,7 +26,7 @@ class _ClipAsRelaxOps(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        if not call.op.same_as(tvm.ir.Op.get("relax.call_tir")) or not isinstance(call.args[1], relax.Tuple):
+        if not call.op.same_as(_CALL_TIR) or not isinstance(call.args[1], relax.Tuple):
             return call
         fields = call.args[1].fields
         if len(fields) != 2 or getattr(fields[1].ty, "ndim", -1) != 0:
