@@ -81,7 +81,7 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
     splits = load_data(recipe.data, recipe.resolution)
     dep = deployable(recipe, splits, ws, progress)
     batch = next(iter(calibration_batches(splits, recipe.measure.batch, recipe.measure.batch)))
-    threads = profile.threads
+    threads = profile.thread_count
     if threads is not None:
         torch.set_num_threads(threads)
     calls, kernels = {}, {}

@@ -20,14 +20,17 @@ def _run(args: argparse.Namespace) -> int:
     from harness.device import load_device
     from harness.pipeline import run_recipe
     from harness.recipe import load_recipe
-    from harness.results import format_rows
+    from harness.results import SUMMARY_COLUMNS, format_rows
     from harness.workspace import Workspace
 
     recipe = load_recipe(args.recipe).with_eval_samples(args.eval_samples)
-    profile = load_device(args.device).with_remote(tracker=args.tracker, direct=args.rpc)
+    profile = load_device(args.device).with_remote(tracker=args.tracker, direct=args.rpc).with_gpu(args.gpu)
     ws = Workspace(Path(args.results)) if args.results else Workspace()
-    rows = run_recipe(recipe, profile, workspace=ws, progress=not args.quiet, record=not args.no_record)
-    print(format_rows(rows))
+    rows = [row for batch in (args.batch or [recipe.measure.batch])
+            for row in run_recipe(recipe.with_batch(batch), profile, workspace=ws, progress=not args.quiet,
+                                  record=not args.no_record, tune_minutes=args.tune_minutes)]
+    print(format_rows(rows, (*SUMMARY_COLUMNS, "batch", "images_per_s", "torch_fp16_latency_ms")
+                      if profile.gpu_index is not None else SUMMARY_COLUMNS))
     if not args.no_record:
         print(f"\nappended {len(rows)} row(s) to {ws.table}")
     return 0
@@ -56,18 +59,25 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from harness.device import load_device
-    from harness.pipeline import tune_variants, tuning_database
+    from harness.pipeline import refresh_shipped, tune_variants, tuning_database, with_references
     from harness.recipe import load_recipe
     from harness.workspace import Workspace
 
-    recipes = [load_recipe(r) for r in args.recipe]
-    variants = {}
-    for recipe in recipes:
-        for variant in (recipe.reference(), recipe):
-            variants.setdefault(variant.key(), variant)
     profile = load_device(args.device).with_remote(tracker=args.tracker, direct=args.rpc)
     ws = Workspace(Path(args.results)) if args.results else Workspace()
-    report = tune_variants(list(variants.values()), profile, trials=args.trials, minutes=args.minutes,
+    if args.shipped:
+        if args.recipe:
+            raise HarnessError("tune --shipped tunes every shipped recipe: name no recipe")
+        report, shipped, size = refresh_shipped(profile, trials=args.trials, minutes=args.minutes, workspace=ws,
+                                                progress=not args.quiet, refine=args.refine)
+        if report is not None:
+            print(f"tuned every shipped recipe for {profile.name}: {report.summary()}")
+        print(f"shipped database: {shipped} ({size / 1e6:.2f} MB)")
+        return 0
+    if not args.recipe:
+        raise HarnessError("tune: name at least one recipe, or --shipped for all of them")
+    recipes = [load_recipe(r) for r in args.recipe]
+    report = tune_variants(with_references(recipes), profile, trials=args.trials, minutes=args.minutes,
                            workspace=ws, progress=not args.quiet, refine=args.refine)
     print(f"tuned {', '.join(r.name for r in recipes)} for {profile.name}: {report.summary()}")
     print(f"database: {tuning_database(profile, ws)}")
@@ -220,6 +230,13 @@ def _results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_minutes(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return value
+
+
 def _add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="x86", help="device profile name or file (default: x86)")
     parser.add_argument("--rpc", metavar="HOST:PORT", help="reach the device's RPC server directly")
@@ -241,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a recipe on a device and append its rows to the results table")
     run.add_argument("recipe", help="recipe file (or shipped recipe name, e.g. v1_fp32)")
+    run.add_argument("--tune-minutes", type=_positive_minutes, metavar="N",
+                     help="first tune the kernels the device's database lacks, for at most N minutes")
+    run.add_argument("--batch", type=_values(int), metavar="B,...",
+                     help="batch sizes to measure, one row each (default: the recipe's measure.batch)")
+    run.add_argument("--gpu", type=int, metavar="N", help="CUDA profiles: which GPU of this host (default 0)")
     _add_device_args(run)
     run.set_defaults(func=_run)
 
@@ -253,9 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=_sweep)
 
     tune = sub.add_parser("tune", help="tune a recipe's kernels with MetaSchedule into the device's database")
-    tune.add_argument("recipe", nargs="+", help="recipe file(s) or name(s); their references are tuned too")
+    tune.add_argument("recipe", nargs="*", help="recipe file(s) or name(s); their references are tuned too")
+    tune.add_argument("--shipped", action="store_true",
+                      help="tune every shipped recipe, then write the database shipped for this target "
+                           "(harness/tuning_db/<target key>/; --trials 0: write it only)")
     tune.add_argument("--trials", type=int, default=1000, help="measured candidates in all (default 1000)")
-    tune.add_argument("--minutes", type=float, help="time budget; stops at whichever of trials/minutes comes first")
+    tune.add_argument("--minutes", type=_positive_minutes,
+                      help="time budget; stops at whichever of trials/minutes comes first")
     tune.add_argument("--refine", action="store_true",
                       help="tune kernels that already have schedules too (continuing from the best ones)")
     tune.add_argument("--device", default="x86", help="device profile name or file (default: x86)")

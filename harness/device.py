@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.errors import HarnessError
 from harness.schema import from_dict, load_yaml
@@ -57,8 +57,9 @@ class DeviceProfile:
     description: str = ""
     target: dict[str, Any]  # TVM target as a JSON dict; "mcpu: native" means this host's CPU
     host_target: dict[str, Any] | None = None  # for GPU targets, the CPU side
-    threads: int | None = None  # None: all cores of the device
+    threads: int | Literal["auto"] | None = None  # auto/None: all physical cores (harness.compile.target)
     layout: ConvLayout = ConvLayout.NCHW  # of float convolutions (int8 integer ones stay NCHW)
+    gpu: int = 0  # CUDA targets: which GPU of this host (CLI --gpu)
     cross_compiler: str | None = None  # C compiler that links the shared library (e.g. aarch64-linux-gnu-gcc)
     remote: RemoteSpec | None = None  # None: run on this host
     emulator: EmulatorSpec | None = None
@@ -67,12 +68,35 @@ class DeviceProfile:
     def __post_init__(self) -> None:
         if "kind" not in self.target and "tag" not in self.target:
             raise ValueError("target needs a 'kind' (llvm, cuda, ...) or a 'tag'")
-        if self.threads is not None and self.threads < 1:
+        if isinstance(self.threads, int) and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.gpu < 0:
+            raise ValueError(f"gpu must be >= 0, got {self.gpu}")
 
     @property
     def is_remote(self) -> bool:
         return self.remote is not None
+
+    @property
+    def gpu_index(self) -> int | None:
+        """The CUDA GPU a local CUDA profile runs on (None for CPU targets and remote devices)."""
+        return self.gpu if self.target.get("kind") == "cuda" and not self.is_remote else None
+
+    @property
+    def thread_count(self) -> int | None:
+        """Threads to run with: the profile's number; `auto`/unset: this host's physical cores (a board's own
+        default, None, when the device is remote)."""
+        if isinstance(self.threads, int):
+            return self.threads
+        return None if self.is_remote else physical_cores()
+
+    def with_gpu(self, gpu: int | None) -> DeviceProfile:
+        """Override which GPU a CUDA profile runs on (CLI `--gpu`)."""
+        if gpu is None:
+            return self
+        if gpu < 0:
+            raise HarnessError(f"--gpu must be >= 0, got {gpu}")
+        return replace(self, gpu=gpu)
 
     def with_remote(self, *, tracker: str | None = None, direct: str | None = None) -> DeviceProfile:
         """Override how the device is reached (CLI `--tracker`/`--rpc`)."""
@@ -81,6 +105,13 @@ class DeviceProfile:
         key = self.remote.key if self.remote else self.name
         base = self.remote or RemoteSpec(key=key)
         return replace(self, remote=replace(base, tracker=tracker, direct=direct))
+
+
+def physical_cores() -> int:
+    """Physical cores of this host (hyper-threads not counted)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from harness.data import make_loader
+from harness.errors import HarnessError
 from harness.recipe import MeasureSpec
 
 
@@ -55,15 +56,15 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Runs a compiled shared library in this process with the Relax VM on the CPU."""
+    """Runs a compiled shared library in this process with the Relax VM, on the CPU or on CUDA GPU `gpu`."""
 
-    def __init__(self, lib_path: Path, threads: int | None = None) -> None:
+    def __init__(self, lib_path: Path, threads: int | None = None, gpu: int | None = None) -> None:
         import tvm
         from tvm import relax
 
         set_tvm_threads(threads)
         self._tvm = tvm
-        self.device = tvm.cpu()
+        self.device = tvm.cpu() if gpu is None else cuda_device(gpu)
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -81,6 +82,31 @@ class LocalExecutor:
             call()
         timer = self.vm.time_evaluator("invoke_stateful", self.device, number=spec.number, repeat=spec.repeats)
         return list(timer("main").results)
+
+
+def cuda_device(index: int):  # noqa: ANN201 (tvm.runtime.Device)
+    """TVM's CUDA device `index`, or a one-line error when this host has none."""
+    import tvm
+
+    device = tvm.cuda(index)
+    if not device.exist:
+        raise HarnessError(f"no CUDA device {index} found on this host (no NVIDIA GPU, or its driver is not loaded)")
+    return device
+
+
+def gpu_info(index: int) -> dict[str, str | None]:
+    """Name, compute capability, driver and CUDA versions of CUDA GPU `index`, for the row."""
+    import subprocess
+
+    device = cuda_device(index)
+    driver = None
+    try:
+        driver = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"gpu_name": device.device_name, "gpu_compute_capability": device.compute_version,
+            "gpu_driver": driver, "cuda_version": torch.version.cuda}
 
 
 def set_tvm_threads(threads: int | None) -> None:
@@ -145,20 +171,49 @@ def torch_latency(model: nn.Module, batch: np.ndarray, spec: MeasureSpec, thread
         torch.set_num_threads(previous)
 
 
-def ort_session(onnx_path: Path, threads: int | None):  # noqa: ANN201 (onnxruntime.InferenceSession)
-    """An ONNX Runtime CPU session with `threads` intra-op threads."""
+def torch_gpu_latency(model: nn.Module, batch: np.ndarray, spec: MeasureSpec, gpu: int, *,
+                      fp16: bool = False) -> LatencyStats:
+    """PyTorch eager latency on CUDA GPU `gpu` (synchronised); `fp16`: autocast to float16, channels_last."""
+    import copy
+
+    device = torch.device("cuda", gpu)
+    net = copy.deepcopy(model).to(device).eval()
+    x = torch.from_numpy(batch).to(device)
+    if fp16:
+        net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+
+    def run() -> None:
+        with torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
+            net(x)
+        torch.cuda.synchronize(device)
+
+    with torch.inference_mode():
+        return latency_stats(time_callable(run, spec))
+
+
+def ort_session(onnx_path: Path, threads: int | None, gpu: int | None = None):  # noqa: ANN201
+    """An ONNX Runtime session (CPU with `threads` intra-op threads, or the CUDA provider on GPU `gpu`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"] if gpu is None else [("CUDAExecutionProvider", {"device_id": gpu})]
+    return ort.InferenceSession(str(onnx_path), opts, providers=providers)
 
 
-def ort_latency(onnx_path: Path, batch: np.ndarray, spec: MeasureSpec, threads: int | None) -> LatencyStats:
-    """ONNX Runtime latency of the same ONNX file on this host with the same thread count."""
-    sess = ort_session(onnx_path, threads)
+def ort_has_cuda() -> bool:
+    """Whether the installed ONNX Runtime has its CUDA provider (the onnxruntime-gpu package)."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def ort_latency(onnx_path: Path, batch: np.ndarray, spec: MeasureSpec, threads: int | None,
+                gpu: int | None = None) -> LatencyStats:
+    """ONNX Runtime latency of the same ONNX file on this host (same thread count) or on GPU `gpu`."""
+    sess = ort_session(onnx_path, threads, gpu)
     feed = {sess.get_inputs()[0].name: batch}
     return latency_stats(time_callable(lambda: sess.run(None, feed), spec))
 

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import tvm
 from torch import nn
 
 from harness import compress
 from harness.compile import Artifact, compile_onnx, prepare_module, tuning
-from harness.compile.target import build_target, target_json
+from harness.compile.target import build_target, target_json, target_key, target_spec
 from harness.compress.finetune import FinetuneSpec
 from harness.data import DataSplits, calibration_batches, load_data
 from harness.device import DeviceProfile, parse_hostport
@@ -33,14 +34,17 @@ from harness.measure import (
     Executor,
     LocalExecutor,
     evaluate,
+    gpu_info,
     latency_stats,
     max_abs_diff,
+    ort_has_cuda,
     ort_latency,
     ort_session,
+    torch_gpu_latency,
     torch_latency,
 )
 from harness.models import build_model, model_cost
-from harness.recipe import Recipe, content_hash
+from harness.recipe import MeasureSpec, Recipe, content_hash
 from harness.remote import DeviceUnreachable
 from harness.results import append_rows, git_revision, write_json
 from harness.train import Distillation, fit
@@ -168,8 +172,52 @@ def deployable(recipe: Recipe, splits: DataSplits, ws: Workspace, progress: bool
 
 
 def tuning_database(profile: DeviceProfile, ws: Workspace) -> Path:
-    """The tuning database of `profile`'s target in `ws`."""
-    return tuning.database_dir(ws.tuning_root, profile.name, build_target(profile))
+    """The tuning database of `profile`'s (portable) target in `ws`, seeded from the shipped one for that target."""
+    key = target_key(target_spec(profile))
+    path = tuning.database_dir(ws.tuning_root, key)
+    tuning.seed(path, tuning.shipped_dir(key))
+    return path
+
+
+def tune_command(recipe: Recipe, profile: DeviceProfile, untuned: int) -> str:
+    """The `harness tune` command that tunes the kernels `recipe` lacks on `profile`, with a fitting budget."""
+    minutes = max(2, round(untuned * TUNE_MINUTES_PER_KERNEL))
+    name = recipe.name.removesuffix(":reference")
+    return f"python -m harness tune {name} --device {profile.name} --trials 100000 --minutes {minutes}"
+
+
+TUNE_MINUTES_PER_KERNEL = 0.3  # of a 2-core host, for a schedule within ~10 % of a long search (measured)
+
+
+def warn_untuned(built: Built, profile: DeviceProfile, ws: Workspace) -> None:
+    """One warning line when the artifact has untuned kernels: what is missing and the command that fixes it."""
+    tuned, _, total = built.artifact.details.get("tuned_kernels", "").partition("/")
+    if not total or int(tuned) == int(total):
+        return
+    untuned = int(total) - int(tuned)
+    if built.artifact.details.get("schedules") == "dlight":
+        log.info("%s: %d of %s kernels run DLight's default GPU schedules; tuning may speed them up: %s",
+                 built.recipe.name, untuned, total, tune_command(built.recipe, profile, untuned))
+        return
+    key = target_key(target_spec(profile))
+    others = tuning.databases_for_other_threads(key, [ws.tuning_root, tuning.SHIPPED_DIR])
+    other = f" (databases exist for other thread counts: {', '.join(others)}; not used)" if others else ""
+    log.warning("%s: %d of %s kernels are untuned for %s%s, so its latency is not representative; fix: %s",
+                built.recipe.name, untuned, total, key, other, tune_command(built.recipe, profile, untuned))
+
+
+def structural(recipe: Recipe) -> Recipe:
+    """`recipe` untrained and without fine-tuning: the same compiled kernels (tuning workloads), minutes sooner.
+
+    Kept as it is when a step's structure depends on trained weights (global pruning ranks channels across
+    layers by their magnitude).
+    """
+    from harness.compress.prune import PruneSpec
+
+    if any(isinstance(s, PruneSpec) and s.global_pruning for s in recipe.steps):
+        return recipe
+    return replace(recipe, train=replace(recipe.train, epochs=0),
+                   steps=tuple(s for s in recipe.steps if not isinstance(s, FinetuneSpec)))
 
 
 def compiled_artifact(dep: Deployable, profile: DeviceProfile, ws: Workspace, options: dict[str, Any],
@@ -180,7 +228,8 @@ def compiled_artifact(dep: Deployable, profile: DeviceProfile, ws: Workspace, op
     """
     fingerprint = tuning.database_fingerprint(database) if database is not None else None
     lib = ws.artifact_path(dep.onnx_key, profile.name, target_json(build_target(profile)),
-                           options | {"layout": profile.layout, "tuning": fingerprint})
+                           options | {"layout": profile.layout, "tuning": fingerprint,
+                                      "input_shape": list(dep.deploy_onnx.input_shape)})
     artifact = Artifact.load_meta(lib)
     if artifact is None:
         log.info("compiling %s for %s", dep.recipe.name, profile.name)
@@ -194,8 +243,21 @@ def build_variant(recipe: Recipe, profile: DeviceProfile, splits: DataSplits, ws
     """Model → ONNX (→ int8 QDQ) → compiled artifact for `profile`, every stage cached."""
     dep = deployable(recipe, splits, ws, progress)
     artifact = compiled_artifact(dep, profile, ws, dep.options, tuning_database(profile, ws))
-    return Built(recipe=recipe, model=dep.model, fp32_onnx=dep.fp32_onnx, deploy_onnx=dep.deploy_onnx,
-                 dtype=dep.dtype, artifact=artifact, step_info=dep.step_info)
+    built = Built(recipe=recipe, model=dep.model, fp32_onnx=dep.fp32_onnx, deploy_onnx=dep.deploy_onnx,
+                  dtype=dep.dtype, artifact=artifact, step_info=dep.step_info)
+    warn_untuned(built, profile, ws)
+    return built
+
+
+def tuning_modules(variants: list[Recipe], profile: DeviceProfile, ws: Workspace, progress: bool = True
+                   ) -> list[tvm.IRModule]:
+    """The Relax modules that `variants` compile to on `profile` (structurally: untrained, see `structural`)."""
+    mods = []
+    for variant in map(structural, variants):
+        splits = load_data(variant.data, variant.resolution)
+        dep = deployable(variant, splits, ws, progress)
+        mods.append(prepare_module(dep.deploy_onnx, layout=profile.layout, **dep.options))
+    return mods
 
 
 def tune_variants(variants: list[Recipe], profile: DeviceProfile, *, trials: int, minutes: float | None = None,
@@ -207,15 +269,39 @@ def tune_variants(variants: list[Recipe], profile: DeviceProfile, *, trials: int
     `refine`).
     """
     ws = workspace or Workspace()
-    mods = []
-    for variant in variants:
-        splits = load_data(variant.data, variant.resolution)
-        dep = deployable(variant, splits, ws, progress)
-        mods.append(prepare_module(dep.deploy_onnx, layout=profile.layout, **dep.options))
+    mods = tuning_modules(variants, profile, ws, progress)
     database = tuning_database(profile, ws)
     log.info("tuning %d model(s) for %s into %s", len(mods), profile.name, database)
     return tuning.tune(mods, build_target(profile), database, trials=trials, minutes=minutes, profile=profile,
                        progress=progress, refine=refine)
+
+
+def with_references(recipes: list[Recipe]) -> list[Recipe]:
+    """`recipes` and their references, each distinct variant once."""
+    variants: dict[str, Recipe] = {}
+    for recipe in recipes:
+        for variant in (recipe.reference(), recipe):
+            variants.setdefault(variant.key(), variant)
+    return list(variants.values())
+
+
+def refresh_shipped(profile: DeviceProfile, *, trials: int, minutes: float | None, workspace: Workspace | None = None,
+                    progress: bool = True, refine: bool = False) -> tuple[tuning.TuneReport | None, Path, int]:
+    """Tune every shipped recipe for `profile` and write the result as the database shipped for its target.
+
+    Returns the tuning report (None with `trials` 0: pack only), the shipped folder and its size in bytes.
+    """
+    from harness.recipe import available_recipes, load_recipe
+
+    ws = workspace or Workspace()
+    variants = with_references([load_recipe(name) for name in available_recipes()])
+    report = tune_variants(variants, profile, trials=trials, minutes=minutes, workspace=ws, progress=progress,
+                           refine=refine) if trials > 0 else None
+    key = target_key(target_spec(profile))
+    tasks = tuning.extract_tasks(tuning_modules(variants, profile, ws, progress), build_target(profile))
+    shipped = tuning.SHIPPED_DIR / key
+    size = tuning.pack(tuning_database(profile, ws), shipped, [t.dispatched[0] for t in tasks])
+    return report, shipped, size
 
 
 # ---------------------------------------------------------------- measure and record
@@ -228,7 +314,11 @@ def _executor(built: Built, profile: DeviceProfile) -> tuple[Executor, bool, str
 
         executor, emulated = remote_executor(profile, built.artifact.path)
         return executor, emulated, executor.info.get("name")
-    return LocalExecutor(built.artifact.path, profile.threads), False, None
+    try:
+        return LocalExecutor(built.artifact.path, profile.thread_count, profile.gpu_index), False, None
+    except HarnessError as exc:
+        raise HarnessError(f"device {profile.name}: {exc}; the compiled artifact is kept at "
+                           f"{built.artifact.path}") from None
 
 
 def _check_agreement(built: Built, executor: Executor, batch: np.ndarray) -> float:
@@ -267,9 +357,12 @@ def measure_variant(built: Built, profile: DeviceProfile, splits: DataSplits, pr
         spec = replace(spec, repeats=EMULATED_REPEATS, warmup=min(spec.warmup, 1))
     log.info("top-1 %.4f; timing %d repeats", acc.top1, spec.repeats)
     lat = latency_stats(executor.time(batch, spec))
-    threads = profile.threads
+    threads = profile.thread_count
     peers = spec.peers and not profile.is_remote
     cost = model_cost(built.model, recipe.resolution)
+    peer_row = _gpu_peers(built, batch, spec, profile.gpu_index) if peers and profile.gpu_index is not None else {
+        "torch_latency_ms": torch_latency(built.model, batch, spec, threads).median_ms if peers else None,
+        "ort_latency_ms": ort_latency(built.deploy_onnx.path, batch, spec, threads).median_ms if peers else None}
     return {
         "recipe": recipe.name, "recipe_key": recipe.key(), "steps": recipe.steps_summary(),
         "model": recipe.model.name, "width_mult": recipe.width, "resolution": recipe.resolution,
@@ -281,10 +374,22 @@ def measure_variant(built: Built, profile: DeviceProfile, splits: DataSplits, pr
         "threads": threads, "batch": spec.batch, "top1": acc.top1, "top5": acc.top5, "eval_samples": acc.samples,
         "latency_ms_median": lat.median_ms, "latency_ms_mean": lat.mean_ms, "latency_ms_p90": lat.p90_ms,
         "latency_ms_min": lat.min_ms, "latency_ms_std": lat.std_ms, "repeats": lat.repeats,
-        "torch_latency_ms": torch_latency(built.model, batch, spec, threads).median_ms if peers else None,
-        "ort_latency_ms": ort_latency(built.deploy_onnx.path, batch, spec, threads).median_ms if peers else None,
-        "max_abs_diff": diff, "compile_s": built.artifact.compile_seconds,
-    } | built.artifact.details
+        "images_per_s": spec.batch / (lat.median_ms / 1e3), "max_abs_diff": diff,
+        "compile_s": built.artifact.compile_seconds,
+    } | peer_row | built.artifact.details
+
+
+def _gpu_peers(built: Built, batch: np.ndarray, spec: MeasureSpec, gpu: int) -> dict[str, Any]:
+    """PyTorch eager fp32 and fp16 (autocast, channels_last) and ONNX Runtime's CUDA provider on GPU `gpu`,
+    with the GPU's name and versions."""
+    row: dict[str, Any] = gpu_info(gpu)
+    row["torch_latency_ms"] = torch_gpu_latency(built.model, batch, spec, gpu).median_ms
+    row["torch_fp16_latency_ms"] = torch_gpu_latency(built.model, batch, spec, gpu, fp16=True).median_ms
+    if ort_has_cuda():
+        row["ort_latency_ms"] = ort_latency(built.deploy_onnx.path, batch, spec, None, gpu).median_ms
+    else:
+        row["ort_latency_ms"], row["ort_note"] = None, "onnxruntime has no CUDA provider (install onnxruntime-gpu)"
+    return row
 
 
 def _boards(profile: DeviceProfile) -> int:
@@ -334,28 +439,45 @@ def _measure_all(builds: list[tuple[Built, DataSplits]], profile: DeviceProfile,
         return list(pool.map(lambda bs: _measure_retrying(bs[0], bs[1], profile, False), builds))
 
 
-def _tuned_fraction(row: dict[str, Any]) -> float:
-    """The share of the row's kernels with tuned schedules ("k/n", or "untuned")."""
+def fully_tuned(row: dict[str, Any]) -> bool:
+    """Whether every kernel of the row's artifact ran a real schedule: tuned ("k/n" with k = n), or on a GPU
+    DLight's default ones (untuned CPU kernels are naive loops)."""
     tuned, _, total = str(row.get("tuned_kernels", "")).partition("/")
-    return int(tuned) / int(total) if total else 0.0
+    return bool(total) and tuned == total or row.get("schedules") == "dlight"
 
 
 def _compare(rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
-    """Fill acc_delta and speedup of each row against the reference row."""
+    """Fill acc_delta, speedup (against the reference row) and vs_ort of each row.
+
+    Latency ratios involving an artifact with untuned kernels are left empty, with the reason in `notes`:
+    untuned TVM code is 10-200x slower than tuned, so such a ratio measures the tuning, not the model.
+    """
     for row in rows:
         row["reference"] = ref["recipe"]
         row["acc_delta"] = row["top1"] - ref["top1"]
-        row["speedup"] = ref["latency_ms_median"] / row["latency_ms_median"]
-        if abs(_tuned_fraction(row) - _tuned_fraction(ref)) > 0.5:
-            log.warning("%s: its speedup compares %s tuned kernels with the reference's %s; `harness tune` the "
-                        "recipe for a like-for-like comparison", row["recipe"], row["tuned_kernels"],
-                        ref["tuned_kernels"])
+        notes = []
+        if fully_tuned(row) and fully_tuned(ref):
+            row["speedup"] = ref["latency_ms_median"] / row["latency_ms_median"]
+        else:
+            row["speedup"] = None
+            notes.append(f"no speedup: untuned kernels (this {row['tuned_kernels']}, "
+                         f"reference {ref['tuned_kernels']} tuned)")
+        if row.get("ort_latency_ms") and fully_tuned(row):
+            row["vs_ort"] = row["latency_ms_median"] / row["ort_latency_ms"]
+        else:
+            row["vs_ort"] = None
+            if row.get("ort_latency_ms"):
+                notes.append(f"no vs_ort: {row['tuned_kernels']} kernels tuned")
+        row["notes"] = "; ".join(notes) or None
 
 
 def run_variants(variants: list[Recipe], reference: Recipe, profile: DeviceProfile, *,
-                 workspace: Workspace | None = None, progress: bool = True, record: bool = True
-                 ) -> list[dict[str, Any]]:
-    """Measure `reference` and each variant in one run on `profile`; append the rows to the results table."""
+                 workspace: Workspace | None = None, progress: bool = True, record: bool = True,
+                 tune_minutes: float | None = None) -> list[dict[str, Any]]:
+    """Measure `reference` and each variant in one run on `profile`; append the rows to the results table.
+
+    `tune_minutes`: first tune the kernels the database lacks, for at most that long (as does a recipe's `tune:`).
+    """
     ws = workspace or Workspace()
     same = [v for v in variants if v.key() == reference.key()]
     todo = [same[0] if same else reference] + [v for v in variants if v.key() != reference.key()]
@@ -365,6 +487,8 @@ def run_variants(variants: list[Recipe], reference: Recipe, profile: DeviceProfi
               "git_rev": git_revision(), "tvm_version": versions["tvm"], "torch_version": versions["torch"]}
     started = time.time()
     spec = max((v.tune for v in todo), key=lambda t: t.trials)
+    if tune_minutes is not None:
+        spec = replace(spec, trials=max(spec.trials, 100_000), minutes=tune_minutes)
     if spec.trials > 0:
         report = tune_variants(todo, profile, trials=spec.trials, minutes=spec.minutes, workspace=ws,
                                progress=progress)

@@ -155,6 +155,12 @@ class Recipe:
             raise HarnessError(f"--eval-samples must be >= 1, got {samples}")
         return replace(self, data=replace(self.data, eval_samples=samples))
 
+    def with_batch(self, batch: int) -> Recipe:
+        """The same recipe measured at batch size `batch`."""
+        if batch < 1:
+            raise HarnessError(f"batch must be >= 1, got {batch}")
+        return replace(self, measure=replace(self.measure, batch=batch))
+
     def steps_summary(self) -> str:
         """The steps as a compact string for the results table, e.g. 'width=0.5;prune(ratio=0.5)'."""
         return ";".join(step_summary(step) for step in self.steps)

@@ -137,7 +137,7 @@ class RemoteExecutor:
 
 def remote_executor(profile: DeviceProfile, lib_path: Path) -> tuple[RemoteExecutor, bool]:
     """Upload `lib_path` to a board of `profile`; returns (executor, whether the board is emulated)."""
-    executor = RemoteExecutor(connect(profile), lib_path, profile.threads)
+    executor = RemoteExecutor(connect(profile), lib_path, profile.thread_count)
     emulated = bool(executor.info.get("emulated", False))
     log.info("running on %s (%s)", executor.info.get("name", profile.name), "emulated" if emulated else "board")
     return executor, emulated

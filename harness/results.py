@@ -20,15 +20,18 @@ RESULTS_DIR = Path(os.environ.get("HARNESS_RESULTS", Path(__file__).resolve().pa
 
 COLUMNS: tuple[str, ...] = (
     "run_id", "timestamp", "git_rev", "recipe", "recipe_key", "reference", "steps", "model", "width_mult",
-    "resolution", "dataset", "num_classes", "dtype", "integer", "prune_ratio", "calibration", "params",
-    "macs", "onnx_bytes", "artifact_bytes", "device", "target", "remote", "emulated", "board", "attempts",
-    "threads", "batch", "top1", "top5", "eval_samples", "acc_delta", "latency_ms_median", "latency_ms_mean",
-    "latency_ms_p90", "latency_ms_min", "latency_ms_std", "repeats", "speedup", "torch_latency_ms", "ort_latency_ms",
-    "max_abs_diff", "compile_s", "integer_ops", "tuned_kernels", "tvm_version", "torch_version",
+    "resolution", "dataset", "num_classes", "dtype", "integer", "prune_ratio", "calibration", "params", "macs",
+    "onnx_bytes", "artifact_bytes", "device", "target", "remote", "emulated", "board", "attempts", "threads",
+    "batch", "top1", "top5", "eval_samples", "acc_delta", "latency_ms_median", "latency_ms_mean", "latency_ms_p90",
+    "latency_ms_min", "latency_ms_std", "repeats", "speedup", "torch_latency_ms", "ort_latency_ms", "vs_ort",
+    "images_per_s", "torch_fp16_latency_ms", "ort_note", "max_abs_diff", "compile_s", "integer_ops",
+    "tuned_kernels", "schedules", "integer_fallback", "notes", "gpu_name", "gpu_compute_capability", "gpu_driver",
+    "cuda_version", "tvm_version", "torch_version",
 )  # fmt: skip
 
 SUMMARY_COLUMNS = ("recipe", "model", "width_mult", "resolution", "dtype", "params", "macs", "device", "top1",
-                   "acc_delta", "latency_ms_median", "speedup", "torch_latency_ms", "ort_latency_ms")
+                   "acc_delta", "latency_ms_median", "tuned_kernels", "speedup", "torch_latency_ms", "ort_latency_ms",
+                   "vs_ort")
 
 
 def git_revision(cwd: Path | None = None) -> str:

@@ -1,37 +1,28 @@
 """The CLI as users run it: `python -m harness ...` in a subprocess."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TINY_RECIPE
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def harness(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+from conftest import TINY_RECIPE, run_cli
 
 
 def test_help_lists_the_commands() -> None:
-    out = harness("--help")
+    out = run_cli("--help")
     assert out.returncode == 0
     for command in ("run", "inspect", "devices", "results"):
         assert command in out.stdout
 
 
 def test_inspect_json() -> None:
-    out = harness("inspect", "mobilenet_v1", "--width", "0.5", "--resolution", "160", "--json")
+    out = run_cli("inspect", "mobilenet_v1", "--width", "0.5", "--resolution", "160", "--json")
     info = json.loads(out.stdout)
     assert info["params"] == 1_331_592 and round(info["macs"] / 1e6) == 77  # paper: 76 M, 1.32 M
 
 
 def test_devices_lists_profiles_with_targets() -> None:
-    out = harness("devices")
+    out = run_cli("devices")
     assert out.returncode == 0
     assert "rpi4" in out.stdout and "cortex-a72" in out.stdout and "x86" in out.stdout
 
@@ -39,7 +30,7 @@ def test_devices_lists_profiles_with_targets() -> None:
 def test_run_tiny_recipe_end_to_end(write_recipe, tmp_path: Path) -> None:
     recipe = write_recipe(TINY_RECIPE)
     results = tmp_path / "results"
-    out = harness("-q", "run", str(recipe), "--device", "x86", "--results", str(results))
+    out = run_cli("-q", "run", str(recipe), "--device", "x86", "--results", str(results))
     assert out.returncode == 0, out.stderr
     assert "tiny" in out.stdout and "appended 1 row(s)" in out.stdout
     table = pd.read_csv(results / "results.csv")
@@ -53,7 +44,7 @@ def test_run_tiny_recipe_end_to_end(write_recipe, tmp_path: Path) -> None:
     assert len(list(run_dir.glob("*.so"))) == 1 and len(list(run_dir.glob("*.onnx"))) == 1
     assert json.loads((run_dir / "run.json").read_text())["rows"][0]["top1"] == row["top1"]
     # A second run reuses the cached model and artifact and appends a second row.
-    again = harness("run", str(recipe), "--results", str(results))
+    again = run_cli("run", str(recipe), "--results", str(results))
     assert again.returncode == 0 and "reusing trained model" in again.stderr and "reusing compiled" in again.stderr
     assert len(pd.read_csv(results / "results.csv")) == 2
 
@@ -74,7 +65,7 @@ def test_user_errors_are_one_line_exit_2(args: list[str], message: str, write_re
     results = tmp_path / "results"
     results.mkdir()
     (results / "results.csv").write_text("run_id\nkept\n")
-    out = harness(*args, "--results", str(results)) if args[0] == "run" else harness(*args)
+    out = run_cli(*args, "--results", str(results)) if args[0] == "run" else run_cli(*args)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [message.replace("{recipe}", str(recipe))] or \
         out.stderr.strip().startswith(message.replace("{recipe}", str(recipe)))

@@ -6,8 +6,7 @@ up (no qemu-user-static or debootstrap, not root, no Debian mirror or PyPI).
 
 import pandas as pd
 import pytest
-from conftest import TINY_RECIPE, fresh_tune_trials
-from test_cli import harness
+from conftest import TINY_RECIPE, fresh_tune_trials, run_cli
 
 from harness import emulator
 from harness.device import load_device
@@ -37,7 +36,7 @@ def _rows(results) -> pd.DataFrame:
 def test_run_on_an_emulated_board_matches_x86(boards, write_recipe, tmp_path, steps) -> None:
     recipe, results = write_recipe(TINY_RECIPE | {"steps": steps}), tmp_path / "results"
     for device in ("x86", "rpi4"):
-        out = harness("-q", "run", str(recipe), "--device", device, "--results", str(results))
+        out = run_cli("-q", "run", str(recipe), "--device", device, "--results", str(results))
         assert out.returncode == 0, out.stderr
     rows = _rows(results)
     x86, rpi4 = (rows[rows["device"] == device].iloc[-1] for device in ("x86", "rpi4"))  # the recipe's own rows
@@ -53,7 +52,7 @@ def test_run_on_an_emulated_board_matches_x86(boards, write_recipe, tmp_path, st
 
 def test_sweep_fans_out_over_both_boards(boards, write_recipe, tmp_path) -> None:
     recipe, results = write_recipe(TINY_RECIPE), tmp_path / "results"
-    out = harness("sweep", str(recipe), "--width", "0.25,0.5,0.75,1.0", "--device", "rpi4",
+    out = run_cli("sweep", str(recipe), "--width", "0.25,0.5,0.75,1.0", "--device", "rpi4",
                   "--results", str(results))
     assert out.returncode == 0, out.stderr
     assert "fanning 4 runs out over 2 boards" in out.stderr
@@ -68,7 +67,7 @@ def test_a_board_that_drops_mid_run_is_replaced(boards, write_recipe, tmp_path) 
     try:
         recipe = write_recipe(TINY_RECIPE | {"data": TINY_RECIPE["data"] | {"resolution": 96}})
         results = tmp_path / "results"
-        out = harness("sweep", str(recipe), "--width", "0.25,0.5", "--device", "rpi4", "--results", str(results))
+        out = run_cli("sweep", str(recipe), "--width", "0.25,0.5", "--device", "rpi4", "--results", str(results))
         assert out.returncode == 0, out.stderr
         assert "retrying on another board" in out.stderr
         rows = _rows(results)
@@ -82,11 +81,11 @@ def test_tuning_measures_candidates_on_the_board(boards, write_recipe, tmp_path)
     """MetaSchedule's RPCRunner through the tracker: aarch64 candidates built here, timed on an emulated
     board, and the rpi4 database used by the next run there."""
     recipe, results = write_recipe(TINY_RECIPE), tmp_path / "results"
-    out = harness("-q", "tune", str(recipe), "--device", "rpi4", "--trials", "16", "--results", str(results))
+    out = run_cli("-q", "tune", str(recipe), "--device", "rpi4", "--trials", "16", "--results", str(results))
     assert out.returncode == 0, out.stderr
     assert 16 <= fresh_tune_trials(out.stdout) <= 24, out.stdout  # MetaSchedule may finish its last batch
     assert list((results / "tuning" / "rpi4").glob("*/database_tuning_record.json"))
-    run = harness("-q", "run", str(recipe), "--device", "rpi4", "--results", str(results))
+    run = run_cli("-q", "run", str(recipe), "--device", "rpi4", "--results", str(results))
     assert run.returncode == 0, run.stderr
     row = _rows(results).iloc[-1]
     tuned, total = map(int, row["tuned_kernels"].split("/"))
@@ -94,5 +93,5 @@ def test_tuning_measures_candidates_on_the_board(boards, write_recipe, tmp_path)
 
 
 def test_emulator_cli_status_lists_the_boards(boards) -> None:
-    out = harness("emulator", "status")
+    out = run_cli("emulator", "status")
     assert out.returncode == 0 and "rpi4: 2 board(s) registered" in out.stdout

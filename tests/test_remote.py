@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_RECIPE
-from test_cli import harness
+from conftest import TINY_RECIPE, run_cli
 
 from harness.device import load_device
 from harness.remote import DeviceUnreachable, connect
@@ -61,7 +60,7 @@ def test_tracker_without_boards_of_the_key() -> None:
 @pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="needs gcc-aarch64-linux-gnu")
 def test_run_without_a_board_keeps_the_cross_compiled_artifact(write_recipe, tmp_path: Path) -> None:
     recipe, results = write_recipe(TINY_RECIPE), tmp_path / "results"
-    out = harness("-q", "run", str(recipe), "--device", "rpi4", "--tracker", f"127.0.0.1:{_free_port()}",
+    out = run_cli("-q", "run", str(recipe), "--device", "rpi4", "--tracker", f"127.0.0.1:{_free_port()}",
                   "--results", str(results))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     (line,) = out.stderr.strip().splitlines()
@@ -82,7 +81,7 @@ def test_a_run_that_outlasts_its_rpc_session_is_one_clear_error(write_recipe, tm
         "remote": {"key": "board", "direct": f"127.0.0.1:{server.port}", "session_timeout_s": 0.3}}))
     recipe = write_recipe(TINY_RECIPE | {"measure": {"repeats": 2000, "number": 10}})
     try:
-        out = harness("-q", "run", str(recipe), "--device", str(board), "--results", str(tmp_path / "results"))
+        out = run_cli("-q", "run", str(recipe), "--device", str(board), "--results", str(tmp_path / "results"))
     finally:
         server.terminate()
     assert out.returncode == 2 and "Traceback" not in out.stderr

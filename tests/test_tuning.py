@@ -1,16 +1,16 @@
 """MetaSchedule tuning: a real (small) tuning session on a tiny model, its database reused by compiles."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import tvm
-from conftest import TINY_RECIPE, fresh_tune_trials
-from test_cli import harness
+from conftest import TINY_RECIPE, fresh_tune_trials, run_cli
 
 from harness.compile import import_onnx, prepare_module, tuning
-from harness.compile.target import build_target
+from harness.compile.target import build_target, target_key, target_spec
 from harness.device import load_device
 from harness.errors import HarnessError
 from harness.export import export_onnx
@@ -34,11 +34,54 @@ def test_tasks_of_identical_workloads_are_merged(tiny_module) -> None:
     assert sum(t.weight for t in twice) == 2 * sum(t.weight for t in once)
 
 
-def test_database_is_keyed_by_target(tmp_path: Path) -> None:
+def test_database_is_keyed_by_portable_target(tmp_path: Path) -> None:
     x86, rpi4 = load_device("x86"), load_device("rpi4")
-    assert tuning.database_dir(tmp_path, "x86", build_target(x86)) != \
-        tuning.database_dir(tmp_path, "x86", build_target(rpi4))
+    assert tuning.database_dir(tmp_path, target_key(target_spec(x86))) != \
+        tuning.database_dir(tmp_path, target_key(target_spec(rpi4)))
     assert tuning.database_fingerprint(tmp_path / "absent") is None
+
+
+@pytest.fixture(scope="module")
+def tuned_conv(tmp_path_factory) -> tuple[torch.nn.Module, tvm.IRModule, Path]:
+    """A one-kernel model tuned (16 trials) into a database of the portable x86 target."""
+    tmp = tmp_path_factory.mktemp("conv")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU()).eval()
+    mod = import_onnx(export_onnx(model, tmp / "m.onnx", resolution=16))
+    db = tmp / "tuning" / target_key(target_spec(load_device("x86")))
+    report = tuning.tune([mod], build_target(load_device("x86")), db, trials=16, progress=False)
+    assert report.coverage.tuned == report.coverage.total == 1
+    return model, mod, db
+
+
+def test_records_are_found_by_workload_whatever_the_cpu_name(tuned_conv) -> None:
+    """What makes a database portable: a record tuned for the ISA level is found for this CPU's own model
+    name too (MetaSchedule matches workloads, not targets); another thread count is another folder."""
+    _, mod, db = tuned_conv
+    native = build_target(load_device("x86-native"))
+    assert str(native.attrs["mcpu"]) not in ("x86-64-v3", "x86-64-v4")
+    assert tuning.coverage([mod], native, db) == tuning.TuningCoverage(tuned=1, total=1)
+    four = target_key(target_spec(replace(load_device("x86"), threads=4)))
+    assert tuning.database_fingerprint(tuning.database_dir(db.parent, four)) is None
+    assert tuning.databases_for_other_threads(four, [db.parent]) == [db.name]
+
+
+def test_shipped_database_is_packed_small_and_seeds_a_workspace(tuned_conv, tmp_path: Path) -> None:
+    _, mod, db = tuned_conv
+    shipped = tmp_path / "shipped" / db.name
+    size = tuning.pack(db, shipped)
+    raw = sum((db / name).stat().st_size for name in (tuning.RECORDS, tuning.WORKLOADS))
+    assert 0 < size < raw / 10  # xz of MetaSchedule's base64 JSON
+    fresh = tmp_path / "ws" / db.name
+    tuning.seed(fresh, tuning.shipped_dir(db.name, shipped.parent))
+    assert tuning.coverage([mod], build_target(load_device("x86")), fresh).tuned == 1
+    before = (fresh / tuning.RECORDS).read_bytes()
+    tuning.seed(fresh, tuning.shipped_dir(db.name, shipped.parent))  # unchanged shipped files: nothing to do
+    assert (fresh / tuning.RECORDS).read_bytes() == before
+    (fresh / tuning.SEEDED).write_text("older\n")  # a newer shipped database merges into the workspace one
+    tuning.seed(fresh, tuning.shipped_dir(db.name, shipped.parent))
+    assert tuning.coverage([mod], build_target(load_device("x86")), fresh).tuned == 1
+    assert len((fresh / tuning.RECORDS).read_text().splitlines()) <= 2
 
 
 def test_tune_spec_is_validated_and_not_part_of_the_key() -> None:
@@ -53,11 +96,12 @@ def test_cli_tune_then_run_uses_the_tuned_schedules(write_recipe, tmp_path: Path
     """One real tuning session (16 trials): database written, reused by `run` (whose output is checked
     against PyTorch), and its kernels skipped by the next tuning session."""
     recipe, results = write_recipe(TINY_RECIPE), tmp_path / "results"
-    out = harness("-q", "tune", str(recipe), "--trials", "16", "--results", str(results))
+    out = run_cli("-q", "tune", str(recipe), "--trials", "16", "--results", str(results))
     assert out.returncode == 0, out.stderr
     assert 16 <= fresh_tune_trials(out.stdout) <= 24, out.stdout  # MetaSchedule may finish its last batch
-    (db,) = (results / "tuning" / "x86").glob("*/database_tuning_record.json")
-    run = harness("-q", "run", str(recipe), "--results", str(results))
+    (db,) = (results / "tuning").glob("*/database_tuning_record.json")
+    assert db.parent.name == target_key(target_spec(load_device("x86")))
+    run = run_cli("-q", "run", str(recipe), "--results", str(results))
     assert run.returncode == 0, run.stderr
     row = pd.read_csv(results / "results.csv").iloc[0]
     tuned, total = map(int, row["tuned_kernels"].split("/"))
@@ -92,15 +136,11 @@ def test_cpu_kernels_mark_their_weights_layout_free(tiny_module) -> None:
     assert sum("conv2d" in name for name in marked) >= 5, marked
 
 
-def test_tuned_convolution_reads_prepacked_weights(tmp_path: Path) -> None:
+def test_tuned_convolution_reads_prepacked_weights(tuned_conv) -> None:
     """A tuned schedule rewrites its weight layout; the build repacks the constant weights to match, and the
     output still matches PyTorch."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU()).eval()
-    mod = import_onnx(export_onnx(model, tmp_path / "m.onnx", resolution=16))
-    target, db = build_target(load_device("x86")), tmp_path / "db"
-    report = tuning.tune([mod], target, db, trials=16, progress=False)
-    assert report.coverage.tuned == report.coverage.total == 1
+    model, mod, db = tuned_conv
+    target = build_target(load_device("x86"))
     assert "layout_rewrite" in (db / tuning.RECORDS).read_text()
     executable = tuning.compile_with_database(mod, target, db)
     vm = tvm.relax.VirtualMachine(executable, tvm.cpu())

@@ -16,8 +16,8 @@ import onnx
 import tvm
 from tvm.relax.frontend.onnx import from_onnx
 
-from harness.compile.integer import integerize
-from harness.compile.layout import convert_layout
+from harness.compile.integer import integerize, qparams_as_buffers
+from harness.compile.layout import clip_as_relax_ops, convert_layout
 from harness.compile.target import build_target, target_json
 from harness.device import ConvLayout, DeviceProfile
 from harness.errors import HarnessError
@@ -104,14 +104,28 @@ def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW, fp
     mod = convert_layout(mod, layout)
     details["layout"] = str(layout)
     if fp16:
-        mod = tvm.relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
+        mod = tvm.relax.transform.ToMixedPrecision(out_dtype="float16")(clip_as_relax_ops(mod))
         details["fp16"] = True
     if integer:
         mod, report = integerize(mod)
         total = report.integer_ops + report.float_ops
         details["integer_ops"] = f"{report.integer_ops}/{total}"
         log.info("integer int8: %d of %d convolutions and dense layers integer", report.integer_ops, total)
-    return mod
+    return qparams_as_buffers(mod)
+
+
+def _build(mod: tvm.IRModule, target: tvm.target.Target, database: Path | None, model: OnnxModel,
+           profile: DeviceProfile) -> tuple[tvm.runtime.Executable, Any]:
+    """Build `mod`, with the tuning database's schedules where it has them; returns (executable, coverage)."""
+    from harness.compile import tuning
+
+    if database is not None and tuning.database_fingerprint(database) is not None:
+        covered = tuning.coverage([mod], target, database)
+        log.info("building %s for %s with tuned schedules for %s kernels", model.path.name, profile.name, covered)
+        return tuning.compile_with_database(mod, target, database), covered
+    log.info("building %s for %s (no tuning database)", model.path.name, profile.name)
+    covered = tuning.TuningCoverage(tuned=0, total=len(tuning.extract_tasks([mod], target)))
+    return tvm.compile(mod, target), covered
 
 
 def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *, fp16: bool = False,
@@ -126,16 +140,21 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *, fp
     target = build_target(profile)
     start = time.perf_counter()
     details: dict[str, Any] = {}
-    mod = prepare_module(model, layout=profile.layout, fp16=fp16, integer=integer, details=details)
-    if database is not None and tuning.database_fingerprint(database) is not None:
-        covered = tuning.coverage([mod], target, database)
-        log.info("building %s for %s with tuned schedules for %s kernels", model.path.name, profile.name, covered)
-        executable = tuning.compile_with_database(mod, target, database)
-        details["tuned_kernels"] = str(covered)
-    else:
-        log.info("building %s for %s (untuned: no tuning database)", model.path.name, profile.name)
-        executable = tvm.compile(mod, target)
-        details["tuned_kernels"] = "untuned"
+    try:
+        mod = prepare_module(model, layout=profile.layout, fp16=fp16, integer=integer, details=details)
+        executable, covered = _build(mod, target, database, model, profile)
+    except Exception as exc:  # TVM's errors are of many types; the float path is the fallback for integer ops
+        if not integer:
+            raise
+        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        log.warning("%s: integer int8 does not build for %s (%s); using the float QDQ path", model.path.name,
+                    profile.name, reason)
+        details = {"integer_fallback": reason}
+        mod = prepare_module(model, layout=profile.layout, fp16=fp16, details=details)
+        executable, covered = _build(mod, target, database, model, profile)
+    details["tuned_kernels"] = str(covered)
+    if tuning.gpu_default_schedules(target) and covered.tuned < covered.total:
+        details["schedules"] = "dlight"  # the rest run DLight's default GPU schedules
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _export(executable, out_path, profile)
     artifact = Artifact(

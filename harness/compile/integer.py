@@ -149,3 +149,36 @@ def integerize(mod: tvm.IRModule) -> tuple[tvm.IRModule, IntegerReport]:
     out = relax.transform.Normalize()(out)
     integer, total = _count(out)
     return out, IntegerReport(integer_ops=integer, float_ops=total - integer)
+
+
+@relax.expr_functor.mutator
+class _QParamsAsBuffers(relax.PyExprMutator):
+    """Scalar quantize/dequantize parameters reshaped to one-element tensors (see `qparams_as_buffers`)."""
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 (TVM's visitor naming)
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name in ("relax.quantize", "relax.dequantize")):
+            return call
+        data, *params = call.args
+        if not any(isinstance(p, tvm.ir.expr.Constant) and _np(p).ndim == 0 for p in params):
+            return call
+        scale, zero = (relax.const(_np(p).reshape(1).astype(dtype))
+                       if isinstance(p, tvm.ir.expr.Constant) and _np(p).ndim == 0 else p
+                       for p, dtype in zip(params, ("float32", "int32"), strict=True))
+        make = relax.op.quantize if call.op.name == "relax.quantize" else relax.op.dequantize
+        return make(data, scale, zero, axis=int(call.attrs.axis), out_dtype=str(call.attrs.out_dtype))
+
+
+def qparams_as_buffers(mod: tvm.IRModule) -> tvm.IRModule:
+    """Pass the scales and zero points of quantize/dequantize ops to their kernels as data, not as literals.
+
+    Relax's legalization writes a scalar scale or zero point into the kernel's code as a literal, so each
+    kernel's tuning workload would depend on the calibrated values: a model trained on another machine (or
+    recalibrated) would find none of its kernels in a tuning database. As one-element tensors they are
+    kernel arguments like the weights, and the workloads depend on the network's structure alone.
+    """
+    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gvar, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            out[gvar] = _QParamsAsBuffers().visit_expr(func)
+    return relax.transform.Normalize()(out)

@@ -38,13 +38,19 @@ class _ClipAsRelaxOps(relax.PyExprMutator):
         return call
 
 
-def convert_layout(mod: tvm.IRModule, layout: ConvLayout) -> tvm.IRModule:
-    """`mod` (as imported, NCHW) with its convolutions and the ops between them in `layout`."""
-    if layout is ConvLayout.NCHW:
-        return mod
+def clip_as_relax_ops(mod: tvm.IRModule) -> tvm.IRModule:
+    """`mod` with the importer's Clip kernels as Relax `maximum`/`minimum` ops, which the layout and
+    mixed-precision passes understand."""
     mutator = _ClipAsRelaxOps(mod)
     for gvar, func in mod.functions.items():
         if isinstance(func, relax.Function):
             mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    mod = relax.transform.DeadCodeElimination()(mutator.builder_.get())
+    return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+
+
+def convert_layout(mod: tvm.IRModule, layout: ConvLayout) -> tvm.IRModule:
+    """`mod` (as imported, NCHW) with its convolutions and the ops between them in `layout`."""
+    if layout is ConvLayout.NCHW:
+        return mod
+    mod = clip_as_relax_ops(mod)
     return relax.transform.ConvertLayout({"relax.nn.conv2d": [str(layout), _KERNEL_LAYOUT[layout]]})(mod)

@@ -1,9 +1,20 @@
-"""TVM targets from device profiles (JSON dicts; "mcpu: native" becomes this host's CPU)."""
+"""TVM targets from device profiles, and the portable key their tuning databases are filed under.
+
+A CPU profile names its `mcpu` in one of three ways:
+* `portable` (x86): the host's x86-64 ISA level — `x86-64-v3` (AVX2, FMA), `x86-64-v4` (AVX-512), or
+  `x86-64-v4` with AVX-512 VNNI — so a database tuned on one CPU of a level serves every CPU of that
+  level, Intel or AMD;
+* `native`: the host's own CPU model as LLVM names it (the last few per cent, on this machine only);
+* an explicit LLVM CPU name (`cortex-a72`), for boards.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+from collections.abc import Collection
 from typing import Any
 
 import tvm
@@ -11,25 +22,71 @@ import tvm
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
 
+PORTABLE = "portable"
+NATIVE = "native"
 
-def resolve_target_dict(spec: dict[str, Any]) -> dict[str, Any]:
-    """Replace `mcpu: native` with the host CPU LLVM detects (its features come with the name)."""
+# x86-64 micro-architecture levels (the psABI's), as Linux /proc/cpuinfo names their features.
+X86_64_V3 = frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"})
+X86_64_V4 = frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"})
+VNNI = "avx512_vnni"
+
+
+def host_cpu_flags() -> frozenset[str]:
+    """This host's CPU feature flags (Linux /proc/cpuinfo names), or LLVM's view of them elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    features = tvm.target.codegen.llvm_get_system_cpu_features() if hasattr(
+        tvm.target.codegen, "llvm_get_system_cpu_features") else {}
+    aliases = {"avx512vnni": VNNI, "lzcnt": "abm"}
+    return frozenset(aliases.get(name, name) for name, on in dict(features).items() if on)
+
+
+def portable_x86(flags: Collection[str]) -> dict[str, Any]:
+    """The `mcpu`/`mattr` of the highest x86-64 level that CPU feature `flags` reach (v3 at least)."""
+    have = set(flags)
+    if not X86_64_V3 <= have:
+        missing = ", ".join(sorted(X86_64_V3 - have))
+        raise HarnessError(f"this CPU is below x86-64-v3 (lacks {missing}); the portable x86 profile needs AVX2 "
+                           "and FMA: use a profile with `mcpu: native`, e.g. --device x86-native")
+    if not X86_64_V4 <= have:
+        return {"mcpu": "x86-64-v3"}
+    if VNNI in have:
+        return {"mcpu": "x86-64-v4", "mattr": ["+avx512vnni"]}
+    return {"mcpu": "x86-64-v4"}
+
+
+def resolve_target_dict(spec: dict[str, Any], flags: Collection[str] | None = None) -> dict[str, Any]:
+    """Replace `mcpu: portable` with the host's ISA level and `mcpu: native` with its CPU name."""
     resolved = dict(spec)
-    if resolved.get("mcpu") == "native":
+    if resolved.get("mcpu") == PORTABLE:
+        extra = portable_x86(host_cpu_flags() if flags is None else flags)
+        attrs = [*extra.get("mattr", []), *resolved.get("mattr", [])]
+        resolved.update(extra)
+        if attrs:
+            resolved["mattr"] = attrs
+    elif resolved.get("mcpu") == NATIVE:
         resolved["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
     return resolved
 
 
-def build_target(profile: DeviceProfile) -> tvm.target.Target:
-    """The TVM target of `profile` (with its host target for GPUs).
-
-    CPU targets get `num-cores` (MetaSchedule needs it) from the profile's threads when they lack it.
-    """
-    spec = resolve_target_dict(profile.target)
+def target_spec(profile: DeviceProfile, flags: Collection[str] | None = None) -> dict[str, Any]:
+    """The resolved target dict of `profile`: CPU targets get `num-cores` from the profile's threads."""
+    spec = resolve_target_dict(profile.target, flags)
     if spec.get("kind") == "llvm" and "num-cores" not in spec:
-        spec["num-cores"] = profile.threads or os.cpu_count() or 1
+        spec["num-cores"] = profile.thread_count or os.cpu_count() or 1
     if profile.host_target is not None:
-        spec["host"] = resolve_target_dict(profile.host_target)
+        spec["host"] = resolve_target_dict(profile.host_target, flags)
+    return spec
+
+
+def build_target(profile: DeviceProfile) -> tvm.target.Target:
+    """The TVM target of `profile` (with its host target for GPUs)."""
+    spec = target_spec(profile)
     try:
         return tvm.target.Target(spec)
     except Exception as exc:  # TVM raises its own error types for bad target dicts
@@ -40,3 +97,30 @@ def build_target(profile: DeviceProfile) -> tvm.target.Target:
 def target_json(target: tvm.target.Target) -> str:
     """The one-line JSON form of a target (TVM prints targets as JSON), for rows and cache keys."""
     return json.dumps(json.loads(str(target)), sort_keys=True)
+
+
+_KNOWN = {"kind", "mcpu", "mattr", "mtriple", "num-cores", "arch", "host", "keys", "tag"}
+
+
+def target_key(spec: dict[str, Any]) -> str:
+    """A readable folder name for a resolved target dict, e.g. `x86-64-v4-vnni-t2` or `aarch64-cortex-a72-t4`.
+
+    It names what shapes tuned schedules: the CPU (level or model), the instruction extensions asked for,
+    the foreign architecture and the thread count (MetaSchedule's parallel extents); for GPUs the arch.
+    Target attributes beyond those add a short hash, so two different targets never share a key.
+    """
+    parts: list[str] = []
+    if spec.get("mtriple"):
+        parts.append(str(spec["mtriple"]).split("-")[0])
+    parts.append(str(spec.get("mcpu") or spec.get("tag") or spec.get("kind", "target")).replace("/", "-"))
+    if spec.get("kind") not in (None, "llvm") and spec.get("arch"):
+        parts.append(str(spec["arch"]))
+    for attr in spec.get("mattr", []):
+        name = str(attr).lstrip("+")
+        parts.append(name.removeprefix("avx512") if name.startswith("avx512") and len(name) > 6 else name)
+    if "num-cores" in spec:
+        parts.append(f"t{spec['num-cores']}")
+    rest = {k: v for k, v in spec.items() if k not in _KNOWN}
+    if rest:
+        parts.append(hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8])
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts))

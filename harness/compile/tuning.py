@@ -1,10 +1,10 @@
-"""MetaSchedule tuning with persistent databases, one per device profile and target.
+"""MetaSchedule tuning with persistent databases, one per portable target.
 
-A database lives in `<results>/tuning/<device>/<hash of the resolved target>/` (MetaSchedule's JSON
-workload and tuning-record files). Records are found by workload (the structural hash of each fused TIR
-kernel), so α/ρ/pruning variants and different recipes share the kernels they have in common. They are
-not portable across targets: a schedule tuned for one CPU is wrong or slow on another, hence the target
-hash in the path.
+A database lives in `<results>/tuning/<target key>/` (MetaSchedule's JSON workload and tuning-record files),
+the key naming what shapes a schedule: the ISA level or CPU model, extensions and thread count
+(harness.compile.target.target_key). Records are found by workload (the structural hash of each fused TIR
+kernel), so α/ρ/pruning variants and different recipes share the kernels they have in common, and a
+database tuned on one CPU of a level serves every CPU of that level.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuild
 from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
-from harness.compile.target import target_json
 from harness.device import DeviceProfile, parse_hostport
 from harness.errors import HarnessError
 
@@ -63,10 +62,108 @@ class TuneReport:
                 f"{self.seconds:.0f} s{stop}; tuned now: {self.coverage}")
 
 
-def database_dir(root: Path, device: str, target: tvm.target.Target) -> Path:
-    """Where the database of `device` for `target` lives (keyed by the resolved target's JSON)."""
-    digest = hashlib.sha256(target_json(target).encode()).hexdigest()[:12]
-    return root / device / digest
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "tuning_db"  # harness/tuning_db/<target key>/
+PACKED = ".xz"  # shipped files: MetaSchedule's JSON files, xz-compressed (base64 JSON packs ~100x)
+SEEDED = "shipped.sha256"  # in a workspace database: digest of the shipped files last merged into it
+
+
+def database_dir(root: Path, key: str) -> Path:
+    """Where the workspace database for the target with portable key `key` lives."""
+    return root / key
+
+
+def shipped_dir(key: str, shipped_root: Path = SHIPPED_DIR) -> Path | None:
+    """The database shipped with the harness for `key`, if there is one."""
+    path = shipped_root / key
+    return path if (path / (RECORDS + PACKED)).is_file() and (path / (WORKLOADS + PACKED)).is_file() else None
+
+
+def _shipped_digest(shipped: Path) -> str:
+    digest = hashlib.sha256()
+    for name in (WORKLOADS, RECORDS):
+        digest.update((shipped / (name + PACKED)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _unpack(shipped: Path, into: Path) -> None:
+    """Decompress the shipped files into `into` (each written whole, then renamed into place)."""
+    import lzma
+
+    into.mkdir(parents=True, exist_ok=True)
+    for name in (WORKLOADS, RECORDS):
+        tmp = into / (name + ".tmp")
+        tmp.write_bytes(lzma.decompress((shipped / (name + PACKED)).read_bytes()))
+        tmp.replace(into / name)
+
+
+def seed(db_path: Path, shipped: Path | None) -> None:
+    """Merge the shipped database into the workspace one at `db_path` when it is new or changed since last time.
+
+    An empty workspace database simply becomes a copy; otherwise every shipped record is added to the ones
+    tuned here (MetaSchedule keeps the fastest), and the result compacted.
+    """
+    if shipped is None:
+        return
+    digest = _shipped_digest(shipped)
+    marker = db_path / SEEDED
+    if marker.is_file() and marker.read_text().strip() == digest:
+        return
+    if database_fingerprint(db_path) is None:
+        log.info("tuning database %s: starting from the shipped one (%s)", db_path, shipped)
+        _unpack(shipped, db_path)
+    else:
+        import tempfile
+
+        log.info("tuning database %s: merging the shipped one (%s)", db_path, shipped)
+        with tempfile.TemporaryDirectory() as tmp:
+            _unpack(shipped, Path(tmp))
+            src, dst = open_database(Path(tmp)), open_database(db_path)
+            for record in src.get_all_tuning_records():
+                dst.commit_tuning_record(ms.database.TuningRecord(
+                    record.trace, dst.commit_workload(record.workload.mod), record.run_secs, record.target,
+                    record.args_info))
+        compact(db_path)
+    marker.write_text(digest + "\n")
+
+
+def pack(db_path: Path, shipped: Path, workloads: Sequence[tvm.IRModule] | None = None) -> int:
+    """Write the workspace database at `db_path` as the shipped one at `shipped` (compacted, xz); returns bytes.
+
+    `workloads`: keep only the records of these kernels (those of the shipped recipes), dropping kernels no
+    shipped recipe compiles any more.
+    """
+    import lzma
+    import tempfile
+
+    compact(db_path)
+    keep = None if workloads is None else {tvm_ffi.structural_hash(m) for m in workloads}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, slim = open_database(db_path), open_database(Path(tmp))
+        for record in src.get_all_tuning_records():
+            if keep is None or tvm_ffi.structural_hash(record.workload.mod) in keep:
+                slim.commit_tuning_record(ms.database.TuningRecord(
+                    record.trace, slim.commit_workload(record.workload.mod), record.run_secs, record.target,
+                    record.args_info))
+        shipped.mkdir(parents=True, exist_ok=True)
+        size = 0
+        for name in (WORKLOADS, RECORDS):
+            data = lzma.compress((Path(tmp) / name).read_bytes(), preset=9 | lzma.PRESET_EXTREME)
+            tmp_out = shipped / (name + PACKED + ".tmp")
+            tmp_out.write_bytes(data)
+            tmp_out.replace(shipped / (name + PACKED))
+            size += len(data)
+    (db_path / SEEDED).write_text(_shipped_digest(shipped) + "\n")
+    return size
+
+
+def databases_for_other_threads(key: str, roots: Sequence[Path]) -> list[str]:
+    """Keys of databases (under any of `roots`) for the same target as `key` but another thread count."""
+    stem = key.rpartition("-t")[0]
+    if not stem:
+        return []
+    found = {p.name for root in roots if root.is_dir() for p in root.iterdir()
+             if p.name != key and p.name.rpartition("-t")[0] == stem and p.name.rpartition("-t")[2].isdigit()}
+    return sorted(found)
 
 
 def database_fingerprint(path: Path) -> str | None:
@@ -365,6 +462,16 @@ def _lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     return [*backend.dataflow_lower_passes(target), *backend.finalize_passes(target)]
 
 
+def gpu_default_schedules(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """DLight's default GPU schedules (for kernels the database has none for; every GPU kernel needs one)."""
+    if "gpu" not in [str(k) for k in target.keys]:
+        return []
+    from tvm.s_tir import dlight as dl
+
+    return [dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+                                    dl.gpu.Fallback())]
+
+
 def compile_with_database(mod: tvm.IRModule, target: tvm.target.Target, db_path: Path) -> tvm.runtime.Executable:
     """Build `mod`, taking every kernel the database has a schedule for (the rest untuned).
 
@@ -377,9 +484,11 @@ def compile_with_database(mod: tvm.IRModule, target: tvm.target.Target, db_path:
     prepack = [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant()] \
         if prepacks_weights(target) else []
 
+    scheduled = [relax.transform.MetaScheduleApplyDatabase(), *gpu_default_schedules(target)]
+
     @tvm.transform.module_pass(opt_level=3)
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        mod = relax.transform.MetaScheduleApplyDatabase()(fuse(mod, target))
+        mod = tvm.transform.Sequential(scheduled)(fuse(mod, target))
         return tvm.transform.Sequential([*prepack, *tail])(mod)
 
     with target, open_database(db_path), tvm.transform.PassContext(opt_level=3):

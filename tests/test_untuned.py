@@ -1,0 +1,53 @@
+"""No silent untuned numbers: rows say how many kernels were tuned, ratios to untuned artifacts stay empty,
+and a warning names the command that tunes what is missing."""
+
+from pathlib import Path
+
+import pandas as pd
+from conftest import TINY_RECIPE, run_cli
+
+from harness.compile.target import target_key, target_spec
+from harness.device import load_device
+from harness.pipeline import _compare, tune_command
+from harness.recipe import load_recipe
+
+
+def _row(recipe: str, latency: float, tuned: str, ort: float | None = 5.0) -> dict:
+    return {"recipe": recipe, "top1": 0.9, "latency_ms_median": latency, "tuned_kernels": tuned,
+            "ort_latency_ms": ort}
+
+
+def test_ratios_are_left_empty_with_the_reason_when_kernels_are_untuned() -> None:
+    ref, tuned, partly = _row("ref", 10.0, "20/20"), _row("pruned", 5.0, "18/18"), _row("int8", 400.0, "3/25")
+    rows = [ref, tuned, partly]
+    _compare(rows, ref)
+    assert tuned["speedup"] == 2.0 and tuned["vs_ort"] == 1.0 and tuned["notes"] is None
+    assert partly["speedup"] is None and partly["vs_ort"] is None
+    assert "untuned kernels (this 3/25, reference 20/20 tuned)" in partly["notes"]
+    ref_untuned = _row("ref", 1000.0, "0/20")
+    _compare([ref_untuned, tuned], ref_untuned)
+    assert tuned["speedup"] is None and tuned["vs_ort"] == 1.0  # its own ratio to ORT still stands
+
+
+def test_tune_command_names_recipe_device_and_a_budget() -> None:
+    cmd = tune_command(load_recipe("v1_fp32").reference(), load_device("x86"), untuned=30)
+    assert cmd == "python -m harness tune v1_fp32 --device x86 --trials 100000 --minutes 9"
+
+
+def test_untuned_run_warns_once_with_the_fix_and_prints_tuned_kernels(write_recipe, tmp_path: Path) -> None:
+    """A run with no database for its kernels: one warning line with the tune command, `tuned_kernels`
+    in the printed table and the row, and no vs_ort."""
+    results = tmp_path / "results"
+    other = results / "tuning" / target_key(target_spec(load_device("x86"))).replace("-t2", "-t8")
+    other.mkdir(parents=True)  # a database for another thread count is named, not used
+    out = run_cli("run", str(write_recipe(TINY_RECIPE)), "--results", str(results))
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "untuned" in line and "WARNING" in line]
+    assert len(warnings) == 1, out.stderr
+    assert "python -m harness tune tiny --device x86 --trials 100000 --minutes" in warnings[0]
+    assert other.name in warnings[0] and "not used" in warnings[0]
+    assert "tuned_kernels" in out.stdout
+    row = pd.read_csv(results / "results.csv").iloc[0]
+    tuned, total = map(int, row["tuned_kernels"].split("/"))
+    assert tuned == 0 < total and pd.isna(row["vs_ort"]) and "no vs_ort" in row["notes"]
+
