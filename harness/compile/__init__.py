@@ -119,13 +119,14 @@ def _build(mod: tvm.IRModule, target: tvm.target.Target, database: Path | None, 
     """Build `mod`, with the tuning database's schedules where it has them; returns (executable, coverage)."""
     from harness.compile import tuning
 
+    tasks = tuning.extract_tasks([mod], target)
     if database is not None and tuning.database_fingerprint(database) is not None:
-        covered = tuning.coverage([mod], target, database)
+        db = tuning.records_for(database, [t.dispatched[0] for t in tasks])
+        covered = tuning.tasks_coverage(tasks, target, db)
         log.info("building %s for %s with tuned schedules for %s kernels", model.path.name, profile.name, covered)
-        return tuning.compile_with_database(mod, target, database), covered
+        return tuning.compile_with_database(mod, target, db), covered
     log.info("building %s for %s (no tuning database)", model.path.name, profile.name)
-    covered = tuning.TuningCoverage(tuned=0, total=len(tuning.extract_tasks([mod], target)))
-    return tvm.compile(mod, target), covered
+    return tvm.compile(mod, target), tuning.TuningCoverage(tuned=0, total=len(tasks))
 
 
 def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *, fp16: bool = False,

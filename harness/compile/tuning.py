@@ -222,12 +222,40 @@ def _is_tuned(db: ms.database.Database, task: ms.ExtractedTask, target: tvm.targ
     return db.has_workload(mod) and db.query_tuning_record(mod, target, task.task_name) is not None
 
 
-def coverage(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path) -> TuningCoverage:
-    """How many of the tasks of `mods` the database at `db_path` has schedules for."""
-    tasks = extract_tasks(mods, target)
+def records_for(db_path: Path, mods: Sequence[tvm.IRModule]) -> ms.database.Database:
+    """An in-memory database of the records at `db_path` whose workloads are among `mods`.
+
+    Decoding a workload (a whole TIR module) is what makes opening a large database slow (~20 ms each); the
+    workload file names each one by its structural hash first, so only the wanted ones are decoded.
+    """
+    import json
+
+    wanted = {str(tvm_ffi.structural_hash(m)) for m in mods}
+    db, by_line = ms.database.MemoryDatabase(), {}
     if database_fingerprint(db_path) is None:
-        return TuningCoverage(tuned=0, total=len(tasks))
-    db = open_database(db_path)
+        return db
+    with open(db_path / WORKLOADS) as f:
+        for i, line in enumerate(f):
+            if line[2:line.find('"', 2)] in wanted:
+                by_line[i] = db.commit_workload(ms.database.Workload.from_json(json.loads(line)).mod)
+    with open(db_path / RECORDS) as f:
+        for line in f:
+            workload = by_line.get(int(line[1:line.index(",")]))
+            if workload is not None:
+                db.commit_tuning_record(ms.database.TuningRecord.from_json(json.loads(line)[1], workload))
+    return db
+
+
+def coverage(mods: Sequence[tvm.IRModule], target: tvm.target.Target, database: Path | ms.database.Database
+             ) -> TuningCoverage:
+    """How many of the tasks of `mods` the database (at a path, or loaded) has schedules for."""
+    return tasks_coverage(extract_tasks(mods, target), target, database)
+
+
+def tasks_coverage(tasks: Sequence[ms.ExtractedTask], target: tvm.target.Target,
+                   database: Path | ms.database.Database) -> TuningCoverage:
+    """How many of the extracted `tasks` the database has schedules for."""
+    db = records_for(database, [t.dispatched[0] for t in tasks]) if isinstance(database, Path) else database
     return TuningCoverage(tuned=sum(_is_tuned(db, t, target) for t in tasks), total=len(tasks))
 
 
@@ -472,8 +500,9 @@ def gpu_default_schedules(target: tvm.target.Target) -> list[tvm.transform.Pass]
                                     dl.gpu.Fallback())]
 
 
-def compile_with_database(mod: tvm.IRModule, target: tvm.target.Target, db_path: Path) -> tvm.runtime.Executable:
-    """Build `mod`, taking every kernel the database has a schedule for (the rest untuned).
+def compile_with_database(mod: tvm.IRModule, target: tvm.target.Target, database: Path | ms.database.Database
+                          ) -> tvm.runtime.Executable:
+    """Build `mod`, taking every kernel the database (at a path, or loaded) has a schedule for (the rest untuned).
 
     Where a tuned schedule rewrote its weight layout, the repacking is split out of the kernel and
     constant-folded: the library holds the weights prepacked and the kernel reads them as they lie.
@@ -491,5 +520,7 @@ def compile_with_database(mod: tvm.IRModule, target: tvm.target.Target, db_path:
         mod = tvm.transform.Sequential(scheduled)(fuse(mod, target))
         return tvm.transform.Sequential([*prepack, *tail])(mod)
 
-    with target, open_database(db_path), tvm.transform.PassContext(opt_level=3):
+    if isinstance(database, Path):
+        database = records_for(database, [t.dispatched[0] for t in extract_tasks([mod], target)])
+    with target, database, tvm.transform.PassContext(opt_level=3):
         return relax.build(mod, target=target, relax_pipeline=pipeline)
