@@ -20,7 +20,7 @@ from harness.data import calibration_batches, load_data
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
 from harness.measure import LocalExecutor, latency_stats, ort_session, time_callable
-from harness.pipeline import Deployable, compiled_artifact, deployable, tuning_database
+from harness.pipeline import Deployable, compiled_artifact, deployable, structural, tuning_database
 from harness.recipe import Recipe
 from harness.workspace import Workspace
 
@@ -73,13 +73,14 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
             progress: bool = True) -> Runners:
     """TVM untuned, TVM tuned (when the device has a database), ONNX Runtime and PyTorch for `recipe`.
 
-    Thread counts are the profile's for all of them (PyTorch's is set process-wide).
+    Thread counts are the profile's for all of them (PyTorch's is set process-wide). Latency does not depend
+    on the weights, so the models are built untrained (`pipeline.structural`): a bench trains nothing.
     """
     if profile.is_remote:
         raise HarnessError(f"bench runs on this host; device {profile.name} is remote (use `harness run`)")
     ws = workspace or Workspace()
     splits = load_data(recipe.data, recipe.resolution)
-    dep = deployable(recipe, splits, ws, progress)
+    dep = deployable(structural(recipe), splits, ws, progress)
     batch = next(iter(calibration_batches(splits, recipe.measure.batch, recipe.measure.batch)))
     threads = profile.thread_count
     if threads is not None:

@@ -328,7 +328,7 @@ def _check_agreement(built: Built, executor: Executor, batch: np.ndarray) -> flo
         with torch.no_grad():
             ref = built.model(torch.from_numpy(batch)).numpy()
     else:
-        sess = ort_session(built.deploy_onnx.path, None)
+        sess = ort_session(built.deploy_onnx.path, None, exact=True)
         ref = sess.run(None, {sess.get_inputs()[0].name: batch})[0]
     diff = max_abs_diff(tvm_out, ref)
     scale = max(1.0, float(np.abs(ref).max()))

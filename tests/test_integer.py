@@ -37,25 +37,21 @@ def test_integer_artifact_agrees_with_onnxruntime(symmetric: bool, tmp_path: Pat
     assert dep.options == {"integer": True}
     _, report = integerize(import_onnx(dep.deploy_onnx))
     assert report.integer_ops == 10 and report.float_ops == 0  # every conv and the classifier of the tiny v1
-    x86 = load_device("x86")
-    artifact = compile_onnx(dep.deploy_onnx, x86, tmp_path / "int8.so", integer=True)
+    artifact = compile_onnx(dep.deploy_onnx, load_device("x86"), tmp_path / "int8.so", integer=True)
     assert artifact.details["integer_ops"] == "10/10"
-    float_qdq = compile_onnx(dep.deploy_onnx, x86, tmp_path / "qdq.so")  # the same QDQ arithmetic in float
-    tvm_run, qdq_run = LocalExecutor(artifact.path, threads=2).run, LocalExecutor(float_qdq.path, threads=2).run
-    sess = ort_session(dep.deploy_onnx.path, 2)
-    # ONNX Runtime's u8s8 kernels saturate 16-bit partial sums on CPUs without VNNI (AVX2, AVX-512 before
-    # Cascade Lake): there it is no exact reference, and the float-QDQ build is.
-    exact_ort = "avx512_vnni" in host_cpu_flags()
-    diffs, ort_diffs, agree, total = [], [], 0, 0
+    tvm_run = LocalExecutor(artifact.path, threads=2).run
+    # ONNX Runtime's fused integer kernels are exact where the CPU has VNNI; without it they saturate 16-bit
+    # sums, and the reference is the QDQ model run as written (float convolutions), whose rounding of the
+    # float sums can move an intermediate value by a step: two output steps are allowed there.
+    vnni = "avx512_vnni" in host_cpu_flags()
+    sess, steps = ort_session(dep.deploy_onnx.path, 2, exact=not vnni), 1 if vnni else 2
+    diffs, agree, total = [], 0, 0
     for images, _ in make_loader(splits.val, 1):
         x = images.numpy()
         ours, ref = tvm_run(x), sess.run(None, {sess.get_inputs()[0].name: x})[0]
-        diffs.append(np.abs(ours - qdq_run(x)).max())
-        ort_diffs.append(np.abs(ours - ref).max())
+        diffs.append(np.abs(ours - ref).max())
         agree += int(ours.argmax() == ref.argmax())
         total += 1
     step = _output_step(dep.deploy_onnx.path)
-    assert max(diffs) <= step * 1.001, f"max |integer - float QDQ| {max(diffs):.4g} > one step {step:.4g}"
-    if exact_ort:
-        assert max(ort_diffs) <= step * 1.001, f"max |TVM - ORT| {max(ort_diffs):.4g} > one step {step:.4g}"
-        assert agree / total >= 0.995, f"top-1 agreement {agree}/{total}"
+    assert max(diffs) <= steps * step * 1.001, f"max |TVM - ORT| {max(diffs):.4g} > {steps} step(s) of {step:.4g}"
+    assert agree / total >= 0.995, f"top-1 agreement {agree}/{total}"

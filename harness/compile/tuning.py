@@ -513,10 +513,10 @@ def compile_with_database(mod: tvm.IRModule, target: tvm.target.Target, database
     prepack = [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant()] \
         if prepacks_weights(target) else []
 
-    scheduled = [relax.transform.MetaScheduleApplyDatabase(), *gpu_default_schedules(target)]
-
     @tvm.transform.module_pass(opt_level=3)
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        # (MetaScheduleApplyDatabase reads the current target when it is made: here, inside `with target`)
+        scheduled = [relax.transform.MetaScheduleApplyDatabase(), *gpu_default_schedules(target)]
         mod = tvm.transform.Sequential(scheduled)(fuse(mod, target))
         return tvm.transform.Sequential([*prepack, *tail])(mod)
 
