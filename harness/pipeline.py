@@ -179,14 +179,14 @@ def tuning_database(profile: DeviceProfile, ws: Workspace) -> Path:
     return path
 
 
+TUNE_MINUTES_PER_KERNEL = 0.3  # 2 cores: 20 minutes for the 56 kernels of v1+v2 gave 1.1x ONNX Runtime on a Xeon
+
+
 def tune_command(recipe: Recipe, profile: DeviceProfile, untuned: int) -> str:
     """The `harness tune` command that tunes the kernels `recipe` lacks on `profile`, with a fitting budget."""
     minutes = max(2, round(untuned * TUNE_MINUTES_PER_KERNEL))
     name = recipe.name.removesuffix(":reference")
     return f"python -m harness tune {name} --device {profile.name} --trials 100000 --minutes {minutes}"
-
-
-TUNE_MINUTES_PER_KERNEL = 0.3  # of a 2-core host, for a schedule within ~10 % of a long search (measured)
 
 
 def warn_untuned(built: Built, profile: DeviceProfile, ws: Workspace) -> None:
