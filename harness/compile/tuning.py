@@ -78,6 +78,12 @@ def shipped_dir(key: str, shipped_root: Path = SHIPPED_DIR) -> Path | None:
     return path if (path / (RECORDS + PACKED)).is_file() and (path / (WORKLOADS + PACKED)).is_file() else None
 
 
+def _copy_record(record: ms.database.TuningRecord, into: ms.database.Database) -> None:
+    """Commit `record` (and its workload) to another database."""
+    into.commit_tuning_record(ms.database.TuningRecord(record.trace, into.commit_workload(record.workload.mod),
+                                                       record.run_secs, record.target, record.args_info))
+
+
 def _shipped_digest(shipped: Path) -> str:
     digest = hashlib.sha256()
     for name in (WORKLOADS, RECORDS):
@@ -119,9 +125,7 @@ def seed(db_path: Path, shipped: Path | None) -> None:
             _unpack(shipped, Path(tmp))
             src, dst = open_database(Path(tmp)), open_database(db_path)
             for record in src.get_all_tuning_records():
-                dst.commit_tuning_record(ms.database.TuningRecord(
-                    record.trace, dst.commit_workload(record.workload.mod), record.run_secs, record.target,
-                    record.args_info))
+                _copy_record(record, dst)
         compact(db_path)
     marker.write_text(digest + "\n")
 
@@ -141,9 +145,7 @@ def pack(db_path: Path, shipped: Path, workloads: Sequence[tvm.IRModule] | None 
         src, slim = open_database(db_path), open_database(Path(tmp))
         for record in src.get_all_tuning_records():
             if keep is None or tvm_ffi.structural_hash(record.workload.mod) in keep:
-                slim.commit_tuning_record(ms.database.TuningRecord(
-                    record.trace, slim.commit_workload(record.workload.mod), record.run_secs, record.target,
-                    record.args_info))
+                _copy_record(record, slim)
         shipped.mkdir(parents=True, exist_ok=True)
         size = 0
         for name in (WORKLOADS, RECORDS):
@@ -471,8 +473,7 @@ def compact(path: Path, keep: int = 2) -> int:
     slim, kept = open_database(partial), 0
     for workload in workloads.values():
         for record in db.get_top_k(workload, keep):
-            slim.commit_tuning_record(ms.database.TuningRecord(
-                record.trace, slim.commit_workload(workload.mod), record.run_secs, record.target, record.args_info))
+            _copy_record(record, slim)
             kept += 1
     for name in (WORKLOADS, RECORDS):
         (partial / name).replace(path / name)
