@@ -8,52 +8,55 @@ when they do not compile). TVM tuned uses the device's tuning database (`harness
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness.build import Exported, compile_variant, export_variant, preflight, structural
 from harness.compile import Artifact
+from harness.compile.database import database_fingerprint
+from harness.compile.target import build_target, target_json
 from harness.data import calibration_batches, load_data
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
 from harness.measure import LocalExecutor, latency_stats, ort_session, time_callable
-from harness.pipeline import Deployable, compiled_artifact, deployable, structural, tuning_database
-from harness.recipe import Recipe
+from harness.results import Conditions, Row, write_table
+from harness.specs import CompileOptions, Recipe, TuningCoverage
+from harness.tune import tuning_database
 from harness.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 
-def _artifact(dep: Deployable, profile: DeviceProfile, ws: Workspace, tuned: bool,
-              options: dict[str, Any]) -> Artifact | None:
+def _artifact(exported: Exported, profile: DeviceProfile, ws: Workspace, tuned: bool,
+              options: CompileOptions) -> Artifact | None:
     """The variant compiled untuned, or with the tuning database (None when there is no database)."""
-    from harness.compile.tuning import database_fingerprint
-
     database = tuning_database(profile, ws) if tuned else None
     if database is not None and database_fingerprint(database) is None:
         return None
-    return compiled_artifact(dep, profile, ws, options, database)
+    return compile_variant(exported, profile, ws, database, options=options)
 
 
 def _tvm_runner(artifact: Artifact, batch: np.ndarray, threads: int | None) -> Callable[[], object]:
     return LocalExecutor(artifact.path, threads).bind(batch)
 
 
-def _ort_runner(dep: Deployable, batch: np.ndarray, threads: int | None) -> Callable[[], object]:
-    sess = ort_session(dep.deploy_onnx.path, threads)
+def _ort_runner(exported: Exported, batch: np.ndarray, threads: int | None) -> Callable[[], object]:
+    sess = ort_session(exported.onnx.path, threads)
     feed = {sess.get_inputs()[0].name: batch}
     return lambda: sess.run(None, feed)
 
 
-def _torch_runner(dep: Deployable, batch: np.ndarray) -> Callable[[], object]:
+def _torch_runner(exported: Exported, batch: np.ndarray) -> Callable[[], object]:
     x = torch.from_numpy(batch)
 
     def run() -> object:
         with torch.inference_mode():
-            return dep.model(x)
+            return exported.model(x)
 
     return run
 
@@ -66,7 +69,7 @@ class Runners:
     dtype: str
     threads: int | None
     calls: dict[str, Callable[[], object]]
-    tuned_kernels: dict[str, str]
+    tuned_kernels: dict[str, TuningCoverage]
 
 
 def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | None = None,
@@ -74,37 +77,38 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
     """TVM untuned, TVM tuned (when the device has a database), ONNX Runtime and PyTorch for `recipe`.
 
     Thread counts are the profile's for all of them (PyTorch's is set process-wide). Latency does not depend
-    on the weights, so the models are built untrained (`pipeline.structural`): a bench trains nothing.
+    on the weights, so the models are built untrained (`build.structural`): a bench trains nothing.
     """
     if profile.is_remote:
         raise HarnessError(f"bench runs on this host; device {profile.name} is remote (use `harness run`)")
     ws = workspace or Workspace()
     splits = load_data(recipe.data, recipe.resolution)
-    dep = deployable(structural(recipe), splits, ws, progress)
+    preflight(structural(recipe), splits.num_classes)
+    exported = export_variant(structural(recipe), splits, ws, progress)
     batch = next(iter(calibration_batches(splits, recipe.measure.batch, recipe.measure.batch)))
     threads = profile.thread_count
     if threads is not None:
         torch.set_num_threads(threads)
     calls, kernels = {}, {}
-    variants = [("", dep.options)]
-    if dep.options.get("integer"):  # int8: also the importer's float dequantize→conv→quantize path
-        variants.append((" (float QDQ)", {k: v for k, v in dep.options.items() if k != "integer"}))
+    variants = [("", exported.options)]
+    if exported.options.integer:  # int8: also the importer's float dequantize→conv→quantize path
+        variants.append((" (float QDQ)", replace(exported.options, integer=False)))
     for schedules, tuned in (("tvm untuned", False), ("tvm tuned", True)):
         for suffix, options in variants:
-            artifact = _artifact(dep, profile, ws, tuned, options)
+            artifact = _artifact(exported, profile, ws, tuned, options)
             if artifact is None:
                 log.warning("%s: no tuning database for %s; run `harness tune` first", recipe.name, profile.name)
                 break
             name = schedules + suffix
             calls[name] = _tvm_runner(artifact, batch, threads)
-            kernels[name] = artifact.details.get("tuned_kernels", "")
-    calls["onnxruntime"] = _ort_runner(dep, batch, threads)
-    calls["pytorch"] = _torch_runner(dep, batch)  # eager fp32 (int8 exists only as the ONNX QDQ model)
-    return Runners(recipe=recipe, dtype=dep.dtype, threads=threads, calls=calls, tuned_kernels=kernels)
+            kernels[name] = artifact.report.tuned_kernels
+    calls["onnxruntime"] = _ort_runner(exported, batch, threads)
+    calls["pytorch"] = _torch_runner(exported, batch)  # eager fp32 (int8 exists only as the ONNX QDQ model)
+    return Runners(recipe=recipe, dtype=exported.dtype, threads=threads, calls=calls, tuned_kernels=kernels)
 
 
-def bench_recipe(recipe: Recipe, profile: DeviceProfile, *, repeats: int = 30, workspace: Workspace | None = None,
-                 progress: bool = True) -> list[dict[str, Any]]:
+def bench_recipe(recipe: Recipe, profile: DeviceProfile, conditions: Conditions, *, repeats: int = 30,
+                 workspace: Workspace | None = None, progress: bool = True) -> list[Row]:
     """One row per runtime for `recipe` on this host, with `vs_ort` = latency / ONNX Runtime latency."""
     prepared = runners(recipe, profile, workspace=workspace, progress=progress)
     spec = replace(recipe.measure, repeats=repeats)
@@ -113,21 +117,36 @@ def bench_recipe(recipe: Recipe, profile: DeviceProfile, *, repeats: int = 30, w
         log.info("%s: timing %s", recipe.name, name)
         stats[name] = latency_stats(time_callable(call, spec))
     ort_ms = stats["onnxruntime"].median_ms
-    return [{"recipe": recipe.name, "dtype": prepared.dtype, "model": recipe.model.name, "width": recipe.width,
-             "resolution": recipe.resolution, "runtime": name,
-             "latency_ms_median": s.median_ms, "latency_ms_min": s.min_ms, "vs_ort": s.median_ms / ort_ms,
-             "tuned_kernels": prepared.tuned_kernels.get(name, ""), "threads": prepared.threads,
-             "device": profile.name} for name, s in stats.items()]
+    target = target_json(build_target(profile))
+    return [Row(recipe=recipe.name, dtype=prepared.dtype, model=recipe.model.name, width_mult=recipe.width,
+                resolution=recipe.resolution, runtime=name, latency_ms_median=s.median_ms, latency_ms_min=s.min_ms,
+                repeats=s.repeats, vs_ort=s.median_ms / ort_ms, tuned_kernels=prepared.tuned_kernels.get(name),
+                threads=prepared.threads, batch=spec.batch, device=profile.name, target=target
+                ).stamped(conditions) for name, s in stats.items()]
 
 
-def add_fp32_ratios(rows: list[dict[str, Any]]) -> None:
-    """Set `vs_fp32` on rows of a quantized model: latency / the same runtime's on the fp32 model benched alongside.
+def with_fp32_ratios(rows: list[Row]) -> list[Row]:
+    """`rows` with `vs_fp32` on rows of a quantized model: latency / the same runtime's on the fp32 model
+    benched alongside.
 
     The int8 "(float QDQ)" variants compare with the fp32 row of the same schedules ("tvm untuned"/"tvm tuned").
     """
-    fp32 = {(r["model"], r["width"], r["resolution"], r["runtime"]): r["latency_ms_median"]
-            for r in rows if r["dtype"] == "fp32"}
+    fp32 = {(r.model, r.width_mult, r.resolution, r.runtime): r.latency_ms_median for r in rows if r.dtype == "fp32"}
+    out = []
     for row in rows:
-        runtime = row["runtime"].removesuffix(" (float QDQ)")
-        reference = fp32.get((row["model"], row["width"], row["resolution"], runtime))
-        row["vs_fp32"] = row["latency_ms_median"] / reference if reference and row["dtype"] != "fp32" else None
+        runtime = (row.runtime or "").removesuffix(" (float QDQ)")
+        reference = fp32.get((row.model, row.width_mult, row.resolution, runtime))
+        out.append(replace(row, vs_fp32=row.latency_ms_median / reference
+                           if reference and row.dtype != "fp32" else None))
+    return out
+
+
+def bench(recipes: list[Recipe], profile: DeviceProfile, *, repeats: int = 30, workspace: Workspace | None = None,
+          progress: bool = True) -> tuple[list[Row], Path]:
+    """Bench every recipe in one process; returns the rows and the CSV written under `results/bench/`."""
+    ws = workspace or Workspace()
+    run_id = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    conditions = Conditions.now(run_id)
+    rows = with_fp32_ratios([row for r in recipes for row in bench_recipe(r, profile, conditions, repeats=repeats,
+                                                                          workspace=ws, progress=progress)])
+    return rows, write_table(rows, ws.root / "bench" / f"{run_id}.csv")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,15 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from harness.errors import HarnessError
-
-if TYPE_CHECKING:
-    from harness.recipe import DataSpec
-
-class DatasetName(StrEnum):
-    DIGITS = "digits"
-    IMAGEFOLDER = "imagefolder"
-    CIFAR10 = "cifar10"
-
+from harness.specs import DatasetName, DataSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import HarnessError
-from harness.schema import from_dict, load_yaml
+from harness.limits import check
+from harness.schema import from_dict, load_yaml, shown
 
 DEVICES_DIR = Path(__file__).resolve().parent.parent / "devices"
 
@@ -37,6 +38,8 @@ class RemoteSpec:
             value = getattr(self, name)
             if value is not None:
                 parse_hostport(value, name)
+        check("timeout_s", "timeout_s", self.timeout_s)
+        check("timeout_s", "session_timeout_s", self.session_timeout_s)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -47,6 +50,10 @@ class EmulatorSpec:
     qemu: str = "qemu-aarch64-static"
     port: int = 9090  # RPC server port of the first emulated board
     tracker_port: int = 9190
+
+    def __post_init__(self) -> None:
+        check("port", "port", self.port)
+        check("port", "tracker_port", self.tracker_port)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,10 +75,12 @@ class DeviceProfile:
     def __post_init__(self) -> None:
         if "kind" not in self.target and "tag" not in self.target:
             raise ValueError("target needs a 'kind' (llvm, cuda, ...) or a 'tag'")
-        if isinstance(self.threads, int) and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.gpu < 0:
-            raise ValueError(f"gpu must be >= 0, got {self.gpu}")
+        _check_target(self.target, "target")
+        if self.host_target is not None:
+            _check_target(self.host_target, "host_target")
+        if isinstance(self.threads, int):
+            check("threads", "threads", self.threads)
+        check("gpu", "gpu", self.gpu)
 
     @property
     def is_remote(self) -> bool:
@@ -94,8 +103,10 @@ class DeviceProfile:
         """Override which GPU a CUDA profile runs on (CLI `--gpu`)."""
         if gpu is None:
             return self
-        if gpu < 0:
-            raise HarnessError(f"--gpu must be >= 0, got {gpu}")
+        try:
+            check("gpu", "--gpu", gpu)
+        except ValueError as exc:
+            raise HarnessError(str(exc)) from None
         return replace(self, gpu=gpu)
 
     def with_remote(self, *, tracker: str | None = None, direct: str | None = None) -> DeviceProfile:
@@ -105,6 +116,24 @@ class DeviceProfile:
         key = self.remote.key if self.remote else self.name
         base = self.remote or RemoteSpec(key=key)
         return replace(self, remote=replace(base, tracker=tracker, direct=direct))
+
+
+_TARGET_TYPES: dict[str, type] = {"kind": str, "tag": str, "mcpu": str, "mtriple": str, "arch": str, "mattr": list,
+                                  "keys": list, "num-cores": int}
+
+
+def _check_target(target: dict[str, Any], where: str) -> None:
+    """The target attributes the harness reads have the types TVM expects (TVM checks the rest)."""
+    for key, tp in _TARGET_TYPES.items():
+        value = target.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, tp) or isinstance(value, bool) or (
+                tp is list and not all(isinstance(v, str) for v in value)):
+            expected = "a list of strings" if tp is list else f"a {tp.__name__}"
+            raise ValueError(f"{where}.{key} must be {expected}, got {shown(value)}")
+    if "num-cores" in target:
+        check("threads", f"{where}.num-cores", target["num-cores"])
 
 
 def physical_cores() -> int:
@@ -118,7 +147,11 @@ def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:
     """'host:port' → (host, port), with a one-line error otherwise."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise HarnessError(f"{what}: expected 'host:port', got {value!r}")
+        raise HarnessError(f"{what}: expected 'host:port', got {shown(value)}")
+    try:
+        check("port", f"{what}: port", int(port))
+    except ValueError as exc:
+        raise HarnessError(str(exc)) from None
     return host, int(port)
 
 

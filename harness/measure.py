@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from harness.data import make_loader
 from harness.errors import HarnessError
-from harness.recipe import MeasureSpec
+from harness.specs import MeasureSpec
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -126,7 +126,7 @@ class Accuracy:
     samples: int
 
 
-def evaluate(executor: Executor, dataset: Dataset, batch: int, num_classes: int,
+def accuracy(executor: Executor, dataset: Dataset, batch: int, num_classes: int,
              progress: bool = True, desc: str = "eval") -> Accuracy:
     """Top-1/top-5 of the compiled artifact on `dataset` (last partial batch padded with zeros)."""
     top1 = top5 = total = 0

@@ -18,7 +18,7 @@ import numpy as np
 
 from harness.device import DeviceProfile, parse_hostport
 from harness.errors import HarnessError
-from harness.recipe import MeasureSpec
+from harness.specs import MeasureSpec
 
 log = logging.getLogger(__name__)
 

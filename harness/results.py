@@ -1,33 +1,135 @@
-"""Record stage: one row per measured artifact in `results/results.csv`, appended atomically."""
+"""Record stage: the typed results `Row`, the run `Conditions` stamped on it, and `results/results.csv`
+(appended atomically, under a lock)."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from harness.cache import tmp_path
 from harness.errors import HarnessError
+from harness.specs import TuningCoverage
+from harness.workspace import RESULTS_DIR, package_versions
 
-RESULTS_DIR = Path(os.environ.get("HARNESS_RESULTS", Path(__file__).resolve().parent.parent / "results"))
 
-COLUMNS: tuple[str, ...] = (
-    "run_id", "timestamp", "git_rev", "recipe", "recipe_key", "reference", "steps", "model", "width_mult",
-    "resolution", "dataset", "num_classes", "dtype", "integer", "prune_ratio", "calibration", "params", "macs",
-    "onnx_bytes", "artifact_bytes", "device", "target", "remote", "emulated", "board", "attempts", "threads",
-    "batch", "top1", "top5", "eval_samples", "acc_delta", "latency_ms_median", "latency_ms_mean", "latency_ms_p90",
-    "latency_ms_min", "latency_ms_std", "repeats", "speedup", "torch_latency_ms", "ort_latency_ms", "vs_ort",
-    "images_per_s", "torch_fp16_latency_ms", "ort_note", "max_abs_diff", "compile_s", "integer_ops",
-    "tuned_kernels", "schedules", "integer_fallback", "notes", "gpu_name", "gpu_compute_capability", "gpu_driver",
-    "cuda_version", "tvm_version", "torch_version",
-)  # fmt: skip
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Conditions:
+    """What a measurement was made under, the same for every row of one run: stamped by `Row.stamped`."""
+
+    run_id: str
+    timestamp: str
+    git_rev: str
+    tvm_version: str
+    torch_version: str
+
+    @classmethod
+    def now(cls, run_id: str) -> Conditions:
+        versions = package_versions()
+        return cls(run_id=run_id, timestamp=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                   git_rev=git_revision(), tvm_version=versions["tvm"], torch_version=versions["torch"])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Row:
+    """One measured artifact (a `run` or `sweep` variant, or one runtime of a `bench`): a results-table row.
+
+    Field order is the table's column order. `runtime` and `vs_fp32` are set by `bench` only; `layout` and
+    `fp16` come from the compiler's report.
+    """
+
+    run_id: str | None = None
+    timestamp: str | None = None
+    git_rev: str | None = None
+    recipe: str
+    recipe_key: str | None = None
+    reference: str | None = None
+    steps: str | None = None
+    model: str | None = None
+    width_mult: float | None = None
+    resolution: int | None = None
+    dataset: str | None = None
+    num_classes: int | None = None
+    dtype: str | None = None
+    integer: bool | None = None
+    prune_ratio: float | None = None
+    calibration: str | None = None
+    params: int | None = None
+    macs: int | None = None
+    onnx_bytes: int | None = None
+    artifact_bytes: int | None = None
+    device: str | None = None
+    target: str | None = None
+    remote: bool | None = None
+    emulated: bool | None = None
+    board: str | None = None
+    attempts: int | None = None
+    threads: int | None = None
+    batch: int | None = None
+    top1: float | None = None
+    top5: float | None = None
+    eval_samples: int | None = None
+    acc_delta: float | None = None
+    latency_ms_median: float | None = None
+    latency_ms_mean: float | None = None
+    latency_ms_p90: float | None = None
+    latency_ms_min: float | None = None
+    latency_ms_std: float | None = None
+    repeats: int | None = None
+    speedup: float | None = None
+    torch_latency_ms: float | None = None
+    ort_latency_ms: float | None = None
+    vs_ort: float | None = None
+    images_per_s: float | None = None
+    torch_fp16_latency_ms: float | None = None
+    ort_note: str | None = None
+    max_abs_diff: float | None = None
+    compile_s: float | None = None
+    integer_ops: str | None = None
+    tuned_kernels: TuningCoverage | None = None
+    schedules: str | None = None
+    integer_fallback: str | None = None
+    notes: str | None = None
+    gpu_name: str | None = None
+    gpu_compute_capability: str | None = None
+    gpu_driver: str | None = None
+    cuda_version: str | None = None
+    tvm_version: str | None = None
+    torch_version: str | None = None
+    layout: str | None = None
+    fp16: bool | None = None
+    runtime: str | None = None
+    vs_fp32: float | None = None
+
+    def stamped(self, conditions: Conditions) -> Row:
+        """This row with the run's conditions (the one place they are set)."""
+        return replace(self, **asdict(conditions))
+
+    def fully_tuned(self) -> bool:
+        """Every kernel of the row's artifact ran a real schedule: tuned, or on a GPU DLight's defaults
+        (untuned CPU kernels are naive loops)."""
+        return (self.tuned_kernels is not None and self.tuned_kernels.complete) or self.schedules == "dlight"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as table cells: tuned_kernels as "k/n"; fields only some rows have are left out when unset."""
+        cells = {f.name: getattr(self, f.name) for f in fields(self)}
+        cells["tuned_kernels"] = None if self.tuned_kernels is None else str(self.tuned_kernels)
+        return {k: v for k, v in cells.items() if k in COLUMNS or v is not None}
+
+
+_SOMETIMES = ("layout", "fp16", "runtime", "vs_fp32")  # columns only some rows have
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Row) if f.name not in _SOMETIMES)
+
 
 SUMMARY_COLUMNS = ("recipe", "model", "width_mult", "resolution", "dtype", "params", "macs", "device", "top1",
                    "acc_delta", "latency_ms_median", "tuned_kernels", "speedup", "torch_latency_ms", "ort_latency_ms",
@@ -70,31 +172,53 @@ def load_results(path: Path | None = None) -> pd.DataFrame:
         raise HarnessError(f"{path}: not a readable results table ({exc}); it was left untouched") from None
 
 
-def append_rows(rows: Sequence[dict[str, Any]], path: Path | None = None) -> Path:
+def _cells(row: Row | dict[str, Any]) -> dict[str, Any]:
+    return row.as_dict() if isinstance(row, Row) else row
+
+
+def append_rows(rows: Sequence[Row | dict[str, Any]], path: Path | None = None) -> Path:
     """Append rows to the table atomically: write a complete new file, then rename it over the old one."""
     path = path or RESULTS_DIR / "results.csv"
-    new = pd.DataFrame(list(rows))
+    new = pd.DataFrame([_cells(r) for r in rows])
     with _locked(path):
         old = load_results(path)
         columns = list(COLUMNS) + [c for c in [*old.columns, *new.columns] if c not in COLUMNS]
         frames = [f.reindex(columns=columns) for f in (old, new) if not f.empty]
         table = pd.concat(frames, ignore_index=True) if frames else new.reindex(columns=columns)
-        tmp = path.with_suffix(".csv.tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        tmp = tmp_path(path)
+        try:
+            table.to_csv(tmp, index=False)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write `data` as JSON atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    tmp = tmp_path(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def format_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
+def write_table(rows: Sequence[Row], path: Path) -> Path:
+    """Write `rows` as a new CSV table at `path` (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    try:
+        pd.DataFrame([r.as_dict() for r in rows]).to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def format_rows(rows: Sequence[Row | dict[str, Any]], columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
     """Rows as an aligned text table with the most telling columns."""
-    frame = pd.DataFrame(list(rows)).reindex(columns=list(columns))
+    frame = pd.DataFrame([_cells(r) for r in rows]).reindex(columns=list(columns))
     frame = frame.astype(object).where(frame.notna(), np.nan).infer_objects()  # None (e.g. no peers) prints as "-"
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from harness.compress import ResolutionSpec, WidthSpec, step_kind
 from harness.errors import HarnessError
-from harness.recipe import SWEEP_KEYS, Recipe, parse_step
+from harness.recipe import parse_step
+from harness.specs import SWEEP_KEYS, Recipe, ResolutionSpec, WidthSpec, step_kind
 
 
 def _with_point(recipe: Recipe, point: Mapping[str, Any]) -> Recipe:

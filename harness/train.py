@@ -6,7 +6,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -15,13 +14,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from harness.data import make_loader
+from harness.specs import Optimizer
 
 log = logging.getLogger(__name__)
-
-
-class Optimizer(StrEnum):
-    SGD = "sgd"
-    ADAM = "adam"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -73,10 +68,12 @@ def fit(model: nn.Module, dataset: Dataset, *, epochs: int, lr: float, batch_siz
         distill.teacher.eval()
     start, mean_loss = time.perf_counter(), float("nan")
     bar = tqdm(total=total, desc=desc, unit="batch", disable=None if progress else True, leave=False)
+    model.to(memory_format=torch.channels_last)  # oneDNN's faster CPU convolutions (~1.2x for MobileNet v1)
     for epoch in range(epochs):
         model.train()
         running, count = 0.0, 0
         for images, labels in loader:
+            images = images.contiguous(memory_format=torch.channels_last)
             loss = _loss(model(images), images, labels, distill)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -88,12 +85,13 @@ def fit(model: nn.Module, dataset: Dataset, *, epochs: int, lr: float, batch_siz
         mean_loss = running / max(1, count)
         log.info("%s epoch %d/%d: loss %.4f", desc, epoch + 1, epochs, mean_loss)
     bar.close()
+    model.to(memory_format=torch.contiguous_format)
     model.eval()
     return TrainReport(epochs=epochs, seconds=time.perf_counter() - start, final_loss=mean_loss)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 64) -> float:
+def torch_top1(model: nn.Module, dataset: Dataset, batch_size: int = 64) -> float:
     """Top-1 accuracy of a PyTorch model (used for quick checks; rows are measured on TVM)."""
     model.eval()
     correct = total = 0

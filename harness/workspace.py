@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.recipe import content_hash
-from harness.results import RESULTS_DIR
+from harness import cache
+from harness.schema import content_hash
+
+log = logging.getLogger(__name__)
+RUNNING = "RUNNING"  # in a run folder while its run is in progress: the pid
+RESULTS_DIR = Path(os.environ.get("HARNESS_RESULTS", Path(__file__).resolve().parent.parent / "results"))
 
 
 def package_versions() -> dict[str, str]:
@@ -52,15 +59,30 @@ class Workspace:
         return self.root / "tuning"
 
     def new_run_dir(self, recipe_key: str) -> tuple[str, Path]:
-        """A fresh run folder named by time and recipe hash."""
+        """A fresh run folder named by time and recipe hash, marked as running (by this process) until the run
+        writes its `run.json`."""
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{recipe_key[:8]}"
-        path = self.root / "runs" / run_id
-        suffix = 1
-        while path.exists():
-            suffix += 1
-            path = self.root / "runs" / f"{run_id}-{suffix}"
-        path.mkdir(parents=True)
-        return path.name, path
+        (self.root / "runs").mkdir(parents=True, exist_ok=True)
+        for suffix in itertools.count(1):
+            path = self.root / "runs" / (run_id if suffix == 1 else f"{run_id}-{suffix}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            (path / RUNNING).write_text(f"{os.getpid()}\n")
+            return path.name, path
+        raise AssertionError("unreachable")
+
+    def sweep(self) -> None:
+        """Remove what killed runs left behind: temporary files, and run folders whose process is gone."""
+        removed = cache.sweep(self.root)
+        for marker in (self.root / "runs").glob(f"*/{RUNNING}"):
+            pid = marker.read_text().strip()
+            if pid.isdigit() and not cache.alive(int(pid)):
+                shutil.rmtree(marker.parent, ignore_errors=True)
+                removed += 1
+        if removed:
+            log.info("removed %d leftover(s) of killed runs under %s", removed, self.root)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

@@ -40,8 +40,8 @@ def main(out: Path, results: Path) -> None:
         for model, dtype in MODELS:
             start = time.time()
             try:
-                (row,) = [r for r in run_recipe(recipe(model, dtype, batch), profile, workspace=ws, progress=False)
-                          if r["dtype"] == dtype]
+                (row,) = [r.as_dict() for r in run_recipe(recipe(model, dtype, batch), profile, workspace=ws,
+                                                          progress=False) if r.dtype == dtype]
             except Exception as exc:  # noqa: BLE001 (one failed model must not cost the rest of the table)
                 row = {"model": model, "dtype": dtype, "batch": batch, "integer_fallback": f"FAILED: {exc}"[:300]}
             rows.append(row)

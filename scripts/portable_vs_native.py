@@ -11,11 +11,12 @@ import sys
 
 import numpy as np
 
+from harness.build import compile_variant, export_variant, structural
 from harness.data import calibration_batches, load_data
 from harness.device import load_device
 from harness.measure import LocalExecutor, latency_stats
-from harness.pipeline import build_variant, structural
 from harness.recipe import load_recipe
+from harness.tune import tuning_database
 from harness.workspace import Workspace
 
 
@@ -25,18 +26,18 @@ def main(names: list[str], rounds: int = 5) -> None:
         recipe = structural(load_recipe(name))  # untrained: latency does not depend on the weights
         splits = load_data(recipe.data, recipe.resolution)
         batch = next(iter(calibration_batches(splits, 1, 1)))
-        runs = {}
+        exported, runs = export_variant(recipe, splits, ws, progress=False), {}
         for device in ("x86", "x86-native"):
             profile = load_device(device)
-            built = build_variant(recipe, profile, splits, ws, progress=False)
-            runs[device] = (LocalExecutor(built.artifact.path, profile.thread_count), built.artifact)
+            artifact = compile_variant(exported, profile, ws, tuning_database(profile, ws))
+            runs[device] = (LocalExecutor(artifact.path, profile.thread_count), artifact)
         times: dict[str, list[float]] = {d: [] for d in runs}
         for r in range(rounds):  # interleaved, order alternating, so drift hits both alike
             for device in (list(runs) if r % 2 == 0 else list(reversed(runs))):
                 times[device] += runs[device][0].time(batch, recipe.measure)
         med = {d: latency_stats(t).median_ms for d, t in times.items()}
         for d, (_, artifact) in runs.items():
-            print(f"{name} {d:<10} {artifact.details['tuned_kernels']:>6} tuned  median {med[d]:.3f} ms  "
+            print(f"{name} {d:<10} {artifact.report.tuned_kernels!s:>6} tuned  median {med[d]:.3f} ms  "
                   f"target {artifact.target}")
         p90 = {d: np.percentile(t, 90) * 1e3 for d, t in times.items()}
         print(f"{name} portable/native = {med['x86'] / med['x86-native']:.3f}  (n={len(times['x86'])} each, "

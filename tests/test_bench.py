@@ -2,12 +2,13 @@
 
 import pytest
 
-from harness.bench import add_fp32_ratios
+from harness.bench import with_fp32_ratios
+from harness.results import Row
 
 
-def _row(dtype: str, runtime: str, ms: float, width: float = 1.0) -> dict:
-    return {"model": "mobilenet_v1", "width": width, "resolution": 224, "dtype": dtype, "runtime": runtime,
-            "latency_ms_median": ms}
+def _row(dtype: str, runtime: str, ms: float, width: float = 1.0) -> Row:
+    return Row(recipe="r", model="mobilenet_v1", width_mult=width, resolution=224, dtype=dtype, runtime=runtime,
+               latency_ms_median=ms)
 
 
 def test_int8_rows_get_their_ratio_to_the_matching_fp32_row() -> None:
@@ -15,6 +16,15 @@ def test_int8_rows_get_their_ratio_to_the_matching_fp32_row() -> None:
             _row("int8", "tvm untuned", 100.0), _row("int8", "tvm untuned (float QDQ)", 500.0),
             _row("int8", "onnxruntime", 3.0), _row("int8", "tvm tuned", 10.0),  # no fp32 tuned row benched
             _row("int8", "tvm untuned", 50.0, width=0.5)]  # another model: no fp32 row
-    add_fp32_ratios(rows)
-    assert [r["vs_fp32"] for r in rows] == [None, None, pytest.approx(0.25), pytest.approx(1.25),
-                                            pytest.approx(0.75), None, None]
+    assert [r.vs_fp32 for r in with_fp32_ratios(rows)] == [None, None, pytest.approx(0.25), pytest.approx(1.25),
+                                                          pytest.approx(0.75), None, None]
+
+
+def test_bench_rows_carry_the_run_conditions_and_the_table_column_names() -> None:
+    """A bench row is a results row: the same `width_mult` column, and git revision, versions and time stamped."""
+    from harness.results import Conditions
+
+    row = _row("fp32", "onnxruntime", 4.0).stamped(Conditions.now("bench-x"))
+    cells = row.as_dict()
+    assert cells["width_mult"] == 1.0 and "width" not in cells and cells["runtime"] == "onnxruntime"
+    assert cells["run_id"] == "bench-x" and cells["git_rev"] and cells["tvm_version"] and cells["timestamp"]

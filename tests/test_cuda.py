@@ -11,6 +11,7 @@ from harness.compile import compile_onnx
 from harness.device import load_device
 from harness.export import export_onnx
 from harness.models import build_model
+from harness.specs import CompileOptions
 
 HAS_GPU = tvm.cuda(0).exist
 CUDA_RECIPE = TINY_RECIPE | {"train": {"epochs": 0}}
@@ -20,9 +21,10 @@ CUDA_RECIPE = TINY_RECIPE | {"train": {"epochs": 0}}
 def test_cuda_artifact_builds_without_a_gpu(fp16: bool, tmp_path: Path) -> None:
     model = build_model("test_mobilenet_v1", width=0.25, num_classes=10).eval()
     onnx_model = export_onnx(model, tmp_path / "m.onnx", resolution=32)
-    artifact = compile_onnx(onnx_model, load_device("cuda"), tmp_path / "m.so", fp16=fp16)
+    artifact = compile_onnx(onnx_model, load_device("cuda"), tmp_path / "m.so",
+                           options=CompileOptions(fp16=fp16))
     assert artifact.bytes > 0 and '"kind": "cuda"' in artifact.target
-    assert artifact.details["schedules"] == "dlight" and artifact.details.get("fp16", False) == fp16
+    assert artifact.report.schedules == "dlight" and bool(artifact.report.fp16) == fp16
     if not HAS_GPU:  # the library holds CUDA kernels, which only a CUDA runtime loads
         with pytest.raises(RuntimeError, match="cuda"):
             tvm.runtime.load_module(str(artifact.path))

@@ -7,7 +7,7 @@ from PIL import Image
 
 from harness.data import calibration_batches, load_data
 from harness.errors import HarnessError
-from harness.recipe import DataSpec
+from harness.specs import DataSpec
 
 
 def test_digits_split_is_fixed_and_upsampled() -> None:

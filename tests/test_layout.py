@@ -7,8 +7,8 @@ import torch
 from tvm import relax
 
 from harness.compile import compile_onnx, prepare_module
+from harness.compile.kernels import fuse
 from harness.compile.target import build_target
-from harness.compile.tuning import fuse
 from harness.device import ConvLayout, load_device
 from harness.errors import HarnessError
 from harness.export import OnnxModel, export_onnx
@@ -45,7 +45,7 @@ def test_every_layout_matches_pytorch(exported, layout: ConvLayout, tmp_path: Pa
     model, onnx_model = exported
     profile = replace(load_device("x86"), layout=layout)
     artifact = compile_onnx(onnx_model, profile, tmp_path / "model.so")
-    assert artifact.details["layout"] == str(layout)
+    assert artifact.report.layout == str(layout)
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()

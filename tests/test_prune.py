@@ -2,10 +2,11 @@ import pytest
 import torch
 from torch import nn
 
-from harness.compress.prune import Importance, PruneSpec, prune
+from harness.compress.prune import prune
 from harness.errors import HarnessError
 from harness.models import build_model, count_macs
 from harness.recipe import recipe_from_dict
+from harness.specs import Importance, PruneSpec
 
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.compress import ResolutionSpec, WidthSpec, step_summary
 from harness.errors import HarnessError
-from harness.recipe import RECIPES_DIR, Recipe, load_recipe, recipe_from_dict
+from harness.recipe import RECIPES_DIR, load_recipe, recipe_from_dict
+from harness.specs import Recipe, ResolutionSpec, WidthSpec, step_summary
 
 SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
 

@@ -3,11 +3,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.compress import sensitivity
+from harness import sensitivity
 from harness.data import load_data
 from harness.models import build_model
-from harness.recipe import DataSpec
-from harness.train import evaluate, fit
+from harness.specs import DataSpec
+from harness.train import fit, torch_top1
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def trained():
 
 def test_table_plot_and_suggestions(trained, tmp_path: Path) -> None:
     model, splits = trained
-    table = sensitivity.analyze(model, lambda m: evaluate(m, splits.val), 32, ratios=(0.25, 0.75), progress=False)
+    table = sensitivity.analyze(model, lambda m: torch_top1(m, splits.val), 32, ratios=(0.25, 0.75), progress=False)
     layers = sensitivity.prunable_layers(model)
     assert layers == ["features.0.0"] + [f"features.{i}.pointwise.0" for i in range(1, 5)]  # stem + pointwise
     assert len(table) == 1 + 2 * len(layers)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.compile import tuning
+from harness.compile import database, kernels
 from harness.compile.target import VNNI, X86_64_V3, X86_64_V4, build_target, target_key, target_spec
 from harness.device import load_device
-from harness.pipeline import tuning_modules, with_references
 from harness.recipe import available_recipes, load_recipe
+from harness.specs import TuningCoverage
+from harness.tune import structural_exports, tuning_modules, with_references
 from harness.workspace import Workspace
 
 LEVELS = {"x86-64-v3-t2": X86_64_V3, "x86-64-v4-vnni-t2": X86_64_V3 | X86_64_V4 | {VNNI}}
@@ -26,21 +27,22 @@ COVERS = {
 
 
 def test_every_shipped_database_has_a_known_level_and_coverage() -> None:
-    shipped = sorted(p.name for p in tuning.SHIPPED_DIR.iterdir() if tuning.shipped_dir(p.name))
+    shipped = sorted(p.name for p in database.SHIPPED_DIR.iterdir() if database.shipped_dir(p.name))
     assert shipped == sorted(COVERS) == sorted(LEVELS)
     for recipes in COVERS.values():
         assert set(recipes) <= set(available_recipes())
 
 
-def _coverage(key: str, recipe: str, tmp_path: Path) -> tuning.TuningCoverage:
+def _coverage(key: str, recipe: str, tmp_path: Path) -> TuningCoverage:
     """Coverage of `recipe` (and its reference) by the shipped database `key`, for the target of that level."""
     profile = load_device("x86")
     assert target_key(target_spec(profile, LEVELS[key])) == key
     fabricated = replace(profile, target=target_spec(profile, LEVELS[key]))  # that level, whatever this host is
-    mods = tuning_modules(with_references([load_recipe(recipe)]), fabricated, Workspace(tmp_path), progress=False)
+    exports = structural_exports(with_references([load_recipe(recipe)]), Workspace(tmp_path), progress=False)
+    mods = tuning_modules(exports, fabricated)
     db = tmp_path / "tuning" / key
-    tuning.seed(db, tuning.shipped_dir(key))
-    return tuning.coverage(mods, build_target(fabricated), db)
+    database.seed(db, database.shipped_dir(key))
+    return kernels.coverage(mods, build_target(fabricated), db)
 
 
 @pytest.mark.parametrize("key", sorted(COVERS))

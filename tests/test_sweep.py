@@ -1,8 +1,8 @@
 import pytest
 
-from harness.compress import ResolutionSpec, WidthSpec
 from harness.errors import HarnessError
 from harness.recipe import load_recipe, recipe_from_dict
+from harness.specs import ResolutionSpec, WidthSpec
 from harness.sweep import expand
 
 

@@ -8,25 +8,27 @@ from conftest import TINY_RECIPE, run_cli
 
 from harness.compile.target import target_key, target_spec
 from harness.device import load_device
-from harness.pipeline import _compare, tune_command
+from harness.pipeline import compare
 from harness.recipe import load_recipe
+from harness.results import Row
+from harness.specs import TuningCoverage
+from harness.tune import tune_command
 
 
-def _row(recipe: str, latency: float, tuned: str, ort: float | None = 5.0) -> dict:
-    return {"recipe": recipe, "top1": 0.9, "latency_ms_median": latency, "tuned_kernels": tuned,
-            "ort_latency_ms": ort}
+def _row(recipe: str, latency: float, tuned: str, ort: float | None = 5.0) -> Row:
+    return Row(recipe=recipe, top1=0.9, latency_ms_median=latency, tuned_kernels=TuningCoverage.parse(tuned),
+               ort_latency_ms=ort)
 
 
 def test_ratios_are_left_empty_with_the_reason_when_kernels_are_untuned() -> None:
     ref, tuned, partly = _row("ref", 10.0, "20/20"), _row("pruned", 5.0, "18/18"), _row("int8", 400.0, "3/25")
-    rows = [ref, tuned, partly]
-    _compare(rows, ref)
-    assert tuned["speedup"] == 2.0 and tuned["vs_ort"] == 1.0 and tuned["notes"] is None
-    assert partly["speedup"] is None and partly["vs_ort"] is None
-    assert "untuned kernels (this 3/25, reference 20/20 tuned)" in partly["notes"]
+    _, tuned, partly = compare([ref, tuned, partly], ref)
+    assert tuned.speedup == 2.0 and tuned.vs_ort == 1.0 and tuned.notes is None and tuned.reference == "ref"
+    assert partly.speedup is None and partly.vs_ort is None
+    assert "untuned kernels (this 3/25, reference 20/20 tuned)" in partly.notes
     ref_untuned = _row("ref", 1000.0, "0/20")
-    _compare([ref_untuned, tuned], ref_untuned)
-    assert tuned["speedup"] is None and tuned["vs_ort"] == 1.0  # its own ratio to ORT still stands
+    _, tuned = compare([ref_untuned, tuned], ref_untuned)
+    assert tuned.speedup is None and tuned.vs_ort == 1.0  # its own ratio to ORT still stands
 
 
 def test_tune_command_names_recipe_device_and_a_budget() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,34 @@ import onnx
 import tvm
 from tvm.relax.frontend.onnx import from_onnx
 
+from harness import cache
+from harness.compile import database as tuning_db
+from harness.compile import kernels
 from harness.compile.integer import integerize, qparams_as_buffers
 from harness.compile.layout import clip_as_relax_ops, convert_layout
 from harness.compile.target import build_target, target_json
 from harness.device import ConvLayout, DeviceProfile
 from harness.errors import HarnessError
 from harness.export import OnnxModel
+from harness.specs import CompileOptions, TuningCoverage
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CompileReport:
+    """What the compiler did to a model, recorded in its results row."""
+
+    layout: str  # of the float convolutions
+    tuned_kernels: TuningCoverage
+    fp16: bool | None = None  # True: computed in float16
+    integer_ops: str | None = None  # "k/n" convolutions and dense layers integer
+    integer_fallback: str | None = None  # why integer int8 did not build (the float QDQ path was used)
+    schedules: str | None = None  # "dlight": untuned GPU kernels run DLight's default schedules
+
+    def fully_tuned(self) -> bool:
+        """Every kernel runs a real schedule: tuned, or on a GPU DLight's defaults."""
+        return self.tuned_kernels.complete or self.schedules == "dlight"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -38,7 +58,8 @@ class Artifact:
     target: str  # JSON
     cross_compiled: bool
     compile_seconds: float
-    details: dict[str, Any] = field(default_factory=dict)  # compiler reports, e.g. fp16 or integer op counts
+    report: CompileReport
+    sha256: str  # of the library: checked before it is loaded from the cache
 
     @property
     def bytes(self) -> int:
@@ -46,17 +67,29 @@ class Artifact:
 
     def save_meta(self) -> None:
         meta = asdict(self) | {"path": self.path.name}
-        self.path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+        cache.write(self.path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
 
     @classmethod
     def load_meta(cls, lib_path: Path) -> Artifact | None:
-        """The artifact saved at `lib_path`, or None when it (or its metadata) is missing."""
+        """The artifact cached at `lib_path`, or None when it is missing or damaged (then it is removed: a
+        truncated or garbled library would crash the process that loads it)."""
         meta_path = lib_path.with_suffix(".json")
-        if not (lib_path.is_file() and meta_path.is_file()):
+        if not (lib_path.is_file() or meta_path.is_file()):
             return None
-        meta = json.loads(meta_path.read_text())
-        meta["path"], meta["input_shape"] = lib_path, tuple(meta["input_shape"])
-        return cls(**meta)
+        try:
+            meta = json.loads(meta_path.read_text())
+            report = meta.pop("report")
+            report["tuned_kernels"] = TuningCoverage(**report["tuned_kernels"])
+            artifact = cls(**meta | {"path": lib_path, "input_shape": tuple(meta["input_shape"]),
+                                     "report": CompileReport(**report)})
+            intact = artifact.sha256 == cache.file_digest(lib_path)
+        except (OSError, ValueError, KeyError, TypeError):  # missing, unreadable, or from another version
+            intact = False
+        if not intact:
+            cache.discard(lib_path, "its library does not match its metadata")
+            meta_path.unlink(missing_ok=True)
+            return None
+        return artifact
 
 
 def import_onnx(model: OnnxModel) -> tvm.IRModule:
@@ -73,7 +106,7 @@ def import_onnx(model: OnnxModel) -> tvm.IRModule:
 def _export(executable: tvm.runtime.Executable, path: Path, profile: DeviceProfile) -> None:
     from tvm.support import cc
 
-    tmp = path.with_suffix(".tmp.so")
+    tmp = cache.tmp_path(path, ".so")
     if profile.cross_compiler:
         import shutil
 
@@ -82,80 +115,81 @@ def _export(executable: tvm.runtime.Executable, path: Path, profile: DeviceProfi
                 f"device {profile.name}: cross compiler {profile.cross_compiler!r} not found "
                 "(on Debian/Ubuntu: apt-get install gcc-aarch64-linux-gnu)"
             )
-        executable.export_library(str(tmp), fcompile=cc.cross_compiler(profile.cross_compiler))
-    else:
-        executable.export_library(str(tmp))
-    tmp.replace(path)
+    try:
+        if profile.cross_compiler:
+            executable.export_library(str(tmp), fcompile=cc.cross_compiler(profile.cross_compiler))
+        else:
+            executable.export_library(str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW, fp16: bool = False,
-                   integer: bool = False, details: dict[str, Any] | None = None) -> tvm.IRModule:
+def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
+                   options: CompileOptions | None = None, notes: dict[str, Any] | None = None) -> tvm.IRModule:
     """The Relax module that is compiled (and tuned): the imported ONNX graph, weights bound as constants.
 
     `layout`: of the float convolutions (harness.compile.layout); integer ones stay NCHW, since Relax cannot
     convert the layout of the quantize ops around them.
-    `fp16`: convolutions and matrix products computed in float16 (Relax ToMixedPrecision).
-    `integer`: a QDQ model's quantized convolutions become integer ones (harness.compile.integer).
-    What was done is added to `details`.
+    `options.fp16`: convolutions and matrix products computed in float16 (Relax ToMixedPrecision).
+    `options.integer`: a QDQ model's quantized convolutions become integer ones (harness.compile.integer).
+    What was done is added to `notes` (CompileReport fields).
     """
+    options = options or CompileOptions()
     mod = import_onnx(model)
-    details = details if details is not None else {}
-    layout = ConvLayout.NCHW if integer else layout
+    notes = notes if notes is not None else {}
+    layout = ConvLayout.NCHW if options.integer else layout
     mod = convert_layout(mod, layout)
-    details["layout"] = str(layout)
-    if fp16:
+    notes["layout"] = str(layout)
+    if options.fp16:
         mod = tvm.relax.transform.ToMixedPrecision(out_dtype="float16")(clip_as_relax_ops(mod))
-        details["fp16"] = True
-    if integer:
+        notes["fp16"] = True
+    if options.integer:
         mod, report = integerize(mod)
         total = report.integer_ops + report.float_ops
-        details["integer_ops"] = f"{report.integer_ops}/{total}"
+        notes["integer_ops"] = f"{report.integer_ops}/{total}"
         log.info("integer int8: %d of %d convolutions and dense layers integer", report.integer_ops, total)
     return qparams_as_buffers(mod)
 
 
 def _build(mod: tvm.IRModule, target: tvm.target.Target, database: Path | None, model: OnnxModel,
-           profile: DeviceProfile) -> tuple[tvm.runtime.Executable, Any]:
+           profile: DeviceProfile) -> tuple[tvm.runtime.Executable, TuningCoverage]:
     """Build `mod`, with the tuning database's schedules where it has them; returns (executable, coverage)."""
-    from harness.compile import tuning
-
-    tasks = tuning.extract_tasks([mod], target)
-    if database is not None and tuning.database_fingerprint(database) is not None:
-        db = tuning.records_for(database, [t.dispatched[0] for t in tasks])
-        covered = tuning.tasks_coverage(tasks, target, db)
+    tasks = kernels.extract_tasks([mod], target)
+    if database is not None and tuning_db.database_fingerprint(database) is not None:
+        db = tuning_db.records_for(database, [t.dispatched[0] for t in tasks])
+        covered = kernels.tasks_coverage(tasks, target, db)
         log.info("building %s for %s with tuned schedules for %s kernels", model.path.name, profile.name, covered)
-        return tuning.compile_with_database(mod, target, db), covered
+        return kernels.compile_with_database(mod, target, db), covered
     log.info("building %s for %s (no tuning database)", model.path.name, profile.name)
-    return tvm.compile(mod, target), tuning.TuningCoverage(tuned=0, total=len(tasks))
+    return tvm.compile(mod, target), TuningCoverage(tuned=0, total=len(tasks))
 
 
-def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *, fp16: bool = False,
-                 integer: bool = False, database: Path | None = None) -> Artifact:
+def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *,
+                 options: CompileOptions | None = None, database: Path | None = None) -> Artifact:
     """Import, build for the profile's target and export a shared library to `out_path`.
 
-    `database`: a MetaSchedule tuning database (see harness.compile.tuning); kernels it has schedules
-    for are built with them, the rest untuned. The artifact's details say how many were tuned.
+    `database`: a MetaSchedule tuning database (see harness.compile.database); kernels it has schedules
+    for are built with them, the rest untuned. The artifact's report says how many were tuned.
     """
-    from harness.compile import tuning
-
+    options = options or CompileOptions()
     target = build_target(profile)
     start = time.perf_counter()
-    details: dict[str, Any] = {}
+    notes: dict[str, Any] = {}
     try:
-        mod = prepare_module(model, layout=profile.layout, fp16=fp16, integer=integer, details=details)
+        mod = prepare_module(model, layout=profile.layout, options=options, notes=notes)
         executable, covered = _build(mod, target, database, model, profile)
     except Exception as exc:  # TVM's errors are of many types; the float path is the fallback for integer ops
-        if not integer:
+        if not options.integer:
             raise
         reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
         log.warning("%s: integer int8 does not build for %s (%s); using the float QDQ path", model.path.name,
                     profile.name, reason)
-        details = {"integer_fallback": reason}
-        mod = prepare_module(model, layout=profile.layout, fp16=fp16, details=details)
+        notes = {"integer_fallback": reason}
+        mod = prepare_module(model, layout=profile.layout, options=replace(options, integer=False), notes=notes)
         executable, covered = _build(mod, target, database, model, profile)
-    details["tuned_kernels"] = str(covered)
-    if tuning.gpu_default_schedules(target) and covered.tuned < covered.total:
-        details["schedules"] = "dlight"  # the rest run DLight's default GPU schedules
+    if kernels.gpu_default_schedules(target) and not covered.complete:
+        notes["schedules"] = "dlight"  # the rest run DLight's default GPU schedules
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _export(executable, out_path, profile)
     artifact = Artifact(
@@ -167,7 +201,8 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *, fp
         target=target_json(target),
         cross_compiled=bool(profile.cross_compiler),
         compile_seconds=time.perf_counter() - start,
-        details=details,
+        report=CompileReport(tuned_kernels=covered, **notes),
+        sha256=cache.file_digest(out_path),
     )
     artifact.save_meta()
     return artifact

@@ -10,6 +10,7 @@ A CPU profile names its `mcpu` in one of three ways:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -65,7 +66,7 @@ def resolve_target_dict(spec: dict[str, Any], flags: Collection[str] | None = No
     resolved = dict(spec)
     if resolved.get("mcpu") == PORTABLE:
         extra = portable_x86(host_cpu_flags() if flags is None else flags)
-        attrs = [*extra.get("mattr", []), *resolved.get("mattr", [])]
+        attrs = [*extra.get("mattr", []), *(resolved.get("mattr") or [])]
         resolved.update(extra)
         if attrs:
             resolved["mattr"] = attrs
@@ -84,14 +85,44 @@ def target_spec(profile: DeviceProfile, flags: Collection[str] | None = None) ->
     return spec
 
 
+@functools.cache
+def _llvm_features(triple: str) -> frozenset[str]:
+    """Every feature LLVM enables on some CPU of `triple` (LLVM has no list of all features)."""
+    cpus = tvm.target.codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple}))
+    return frozenset(name for cpu in cpus for name in tvm.target.codegen.llvm_get_cpu_features(
+        tvm.target.Target({"kind": "llvm", "mtriple": triple, "mcpu": str(cpu)})))
+
+
+def _check_llvm(profile: DeviceProfile, target: tvm.target.Target) -> None:
+    """LLVM ignores (with a warning) a CPU or feature it does not know, and a library for another
+    architecture cannot run here: both are errors, before anything is built."""
+    triple = str(target.attrs.get("mtriple", "")) or tvm.target.codegen.llvm_get_system_triple()
+    mcpu = str(target.attrs.get("mcpu", ""))
+    if mcpu and not tvm.target.codegen.llvm_is_valid_cpu(mcpu, triple):
+        raise HarnessError(f"device {profile.name}: LLVM knows no CPU {mcpu!r} for {triple} "
+                           "(`python -m harness devices` shows working targets)")
+    for attr in target.attrs.get("mattr", []):
+        name = str(attr).lstrip("+-")
+        if name not in _llvm_features(triple):
+            raise HarnessError(f"device {profile.name}: LLVM knows no feature {name!r} for {triple} (mattr)")
+    host_arch = tvm.target.codegen.llvm_get_system_triple().split("-")[0]
+    if not profile.is_remote and triple.split("-")[0] != host_arch:
+        raise HarnessError(f"device {profile.name}: its target is {triple}, which cannot run on this {host_arch} "
+                           "host; a board needs a `remote:` section (and a `cross_compiler`)")
+
+
 def build_target(profile: DeviceProfile) -> tvm.target.Target:
-    """The TVM target of `profile` (with its host target for GPUs)."""
+    """The TVM target of `profile` (with its host target for GPUs), checked: unknown LLVM CPUs and features,
+    and a foreign architecture on a local profile, are one-line errors."""
     spec = target_spec(profile)
     try:
-        return tvm.target.Target(spec)
+        target = tvm.target.Target(spec)
     except Exception as exc:  # TVM raises its own error types for bad target dicts
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise HarnessError(f"device {profile.name}: invalid TVM target {spec}: {first}") from None
+    if target.kind.name == "llvm":
+        _check_llvm(profile, target)
+    return target
 
 
 def target_json(target: tvm.target.Target) -> str:

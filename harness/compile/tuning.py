@@ -1,15 +1,8 @@
-"""MetaSchedule tuning with persistent databases, one per portable target.
-
-A database lives in `<results>/tuning/<target key>/` (MetaSchedule's JSON workload and tuning-record files),
-the key naming what shapes a schedule: the ISA level or CPU model, extensions and thread count
-(harness.compile.target.target_key). Records are found by workload (the structural hash of each fused TIR
-kernel), so α/ρ/pruning variants and different recipes share the kernels they have in common, and a
-database tuned on one CPU of a level serves every CPU of that level.
-"""
+"""MetaSchedule tuning of a set of modules into a database (see harness.compile.database): a warm
+builder, runners for local and RPC devices, progress and a time budget."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -17,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
-import tvm_ffi
 from tqdm import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
@@ -25,25 +17,14 @@ from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuild
 from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
+from harness import cache
+from harness.compile.database import compact, database_fingerprint, open_database
+from harness.compile.kernels import coverage, extract_tasks, is_tuned
 from harness.device import DeviceProfile, parse_hostport
 from harness.errors import HarnessError
+from harness.specs import TuningCoverage
 
 log = logging.getLogger(__name__)
-
-RECORDS = "database_tuning_record.json"
-WORKLOADS = "database_workload.json"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TuningCoverage:
-    """How many of a module's tuning tasks (unique fused kernels) have a tuned schedule in the database."""
-
-    tuned: int
-    total: int
-
-    def __str__(self) -> str:
-        return f"{self.tuned}/{self.total}"
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TuneReport:
@@ -60,205 +41,6 @@ class TuneReport:
         stop = ", stopped by the time budget" if self.stopped_by_deadline else ""
         return (f"{self.tasks} kernels ({self.tasks_tuned_before} tuned before), {self.trials} trials in "
                 f"{self.seconds:.0f} s{stop}; tuned now: {self.coverage}")
-
-
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "tuning_db"  # harness/tuning_db/<target key>/
-PACKED = ".xz"  # shipped files: MetaSchedule's JSON files, xz-compressed (base64 JSON packs ~100x)
-SEEDED = "shipped.sha256"  # in a workspace database: digest of the shipped files last merged into it
-
-
-def database_dir(root: Path, key: str) -> Path:
-    """Where the workspace database for the target with portable key `key` lives."""
-    return root / key
-
-
-def shipped_dir(key: str, shipped_root: Path = SHIPPED_DIR) -> Path | None:
-    """The database shipped with the harness for `key`, if there is one."""
-    path = shipped_root / key
-    return path if (path / (RECORDS + PACKED)).is_file() and (path / (WORKLOADS + PACKED)).is_file() else None
-
-
-def _copy_record(record: ms.database.TuningRecord, into: ms.database.Database) -> None:
-    """Commit `record` (and its workload) to another database."""
-    into.commit_tuning_record(ms.database.TuningRecord(record.trace, into.commit_workload(record.workload.mod),
-                                                       record.run_secs, record.target, record.args_info))
-
-
-def _shipped_digest(shipped: Path) -> str:
-    digest = hashlib.sha256()
-    for name in (WORKLOADS, RECORDS):
-        digest.update((shipped / (name + PACKED)).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _unpack(shipped: Path, into: Path) -> None:
-    """Decompress the shipped files into `into` (each written whole, then renamed into place)."""
-    import lzma
-
-    into.mkdir(parents=True, exist_ok=True)
-    for name in (WORKLOADS, RECORDS):
-        tmp = into / (name + ".tmp")
-        tmp.write_bytes(lzma.decompress((shipped / (name + PACKED)).read_bytes()))
-        tmp.replace(into / name)
-
-
-def seed(db_path: Path, shipped: Path | None) -> None:
-    """Merge the shipped database into the workspace one at `db_path` when it is new or changed since last time.
-
-    An empty workspace database simply becomes a copy; otherwise every shipped record is added to the ones
-    tuned here (MetaSchedule keeps the fastest), and the result compacted.
-    """
-    if shipped is None:
-        return
-    digest = _shipped_digest(shipped)
-    marker = db_path / SEEDED
-    if marker.is_file() and marker.read_text().strip() == digest:
-        return
-    if database_fingerprint(db_path) is None:
-        log.info("tuning database %s: starting from the shipped one (%s)", db_path, shipped)
-        _unpack(shipped, db_path)
-    else:
-        import tempfile
-
-        log.info("tuning database %s: merging the shipped one (%s)", db_path, shipped)
-        with tempfile.TemporaryDirectory() as tmp:
-            _unpack(shipped, Path(tmp))
-            src, dst = open_database(Path(tmp)), open_database(db_path)
-            for record in src.get_all_tuning_records():
-                _copy_record(record, dst)
-        compact(db_path)
-    marker.write_text(digest + "\n")
-
-
-def pack(db_path: Path, shipped: Path, workloads: Sequence[tvm.IRModule] | None = None) -> int:
-    """Write the workspace database at `db_path` as the shipped one at `shipped` (compacted, xz); returns bytes.
-
-    `workloads`: keep only the records of these kernels (those of the shipped recipes), dropping kernels no
-    shipped recipe compiles any more.
-    """
-    import lzma
-    import tempfile
-
-    compact(db_path)
-    keep = None if workloads is None else {tvm_ffi.structural_hash(m) for m in workloads}
-    with tempfile.TemporaryDirectory() as tmp:
-        src, slim = open_database(db_path), open_database(Path(tmp))
-        for record in src.get_all_tuning_records():
-            if keep is None or tvm_ffi.structural_hash(record.workload.mod) in keep:
-                _copy_record(record, slim)
-        shipped.mkdir(parents=True, exist_ok=True)
-        size = 0
-        for name in (WORKLOADS, RECORDS):
-            data = lzma.compress((Path(tmp) / name).read_bytes(), preset=9 | lzma.PRESET_EXTREME)
-            tmp_out = shipped / (name + PACKED + ".tmp")
-            tmp_out.write_bytes(data)
-            tmp_out.replace(shipped / (name + PACKED))
-            size += len(data)
-    (db_path / SEEDED).write_text(_shipped_digest(shipped) + "\n")
-    return size
-
-
-def databases_for_other_threads(key: str, roots: Sequence[Path]) -> list[str]:
-    """Keys of databases (under any of `roots`) for the same target as `key` but another thread count."""
-    stem = key.rpartition("-t")[0]
-    if not stem:
-        return []
-    found = {p.name for root in roots if root.is_dir() for p in root.iterdir()
-             if p.name != key and p.name.rpartition("-t")[0] == stem and p.name.rpartition("-t")[2].isdigit()}
-    return sorted(found)
-
-
-def database_fingerprint(path: Path) -> str | None:
-    """A hash of the tuning records at `path` (None when there are none), for artifact cache keys."""
-    records = path / RECORDS
-    if not records.is_file() or records.stat().st_size == 0:
-        return None
-    return hashlib.sha256(records.read_bytes()).hexdigest()[:16]
-
-
-def open_database(path: Path) -> ms.database.JSONDatabase:
-    """The JSON database at `path` (created empty if absent)."""
-    path.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(path_workload=str(path / WORKLOADS), path_tuning_record=str(path / RECORDS),
-                                    allow_missing=True)
-
-
-def prepacks_weights(target: tvm.target.Target) -> bool:
-    """Whether tuned kernels for `target` may choose their own weight layout (CPU targets).
-
-    The kernels' weight buffers are marked layout-free, so MetaSchedule's RewriteLayout postprocessor lets
-    a schedule read its weights in the order its loops visit them; the build then repacks the (constant)
-    weights into that layout once, at compile time.
-    """
-    return target.kind.name == "llvm"
-
-
-def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Lower to fused TIR kernels exactly as the database-aware build does, so workload keys match."""
-    from tvm import relax
-
-    seq = [*relax.pipeline.library_dispatch_passes(target), relax.transform.LegalizeOps(),
-           relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
-           relax.transform.FuseTIR()]
-    if prepacks_weights(target):
-        seq.append(relax.transform.AttachAttrLayoutFreeBuffers())
-    with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential(seq)(mod)
-
-
-def extract_tasks(mods: Sequence[tvm.IRModule], target: tvm.target.Target) -> list[ms.ExtractedTask]:
-    """The unique fused TIR kernels of `mods`, identical workloads merged (their weights summed)."""
-    merged: dict[int, tuple[ms.ExtractedTask, int]] = {}
-    for mod in mods:
-        for task in ms.relax_integration.extract_tasks(fuse(mod, target), target):
-            key = tvm_ffi.structural_hash(task.dispatched[0])
-            first, weight = merged.get(key, (task, 0))
-            merged[key] = (first, weight + int(task.weight))
-    return [task if task.weight == weight else
-            ms.ExtractedTask(task.task_name, task.mod, task.target, task.dispatched, weight)
-            for task, weight in merged.values()]
-
-
-def _is_tuned(db: ms.database.Database, task: ms.ExtractedTask, target: tvm.target.Target) -> bool:
-    mod = task.dispatched[0]
-    return db.has_workload(mod) and db.query_tuning_record(mod, target, task.task_name) is not None
-
-
-def records_for(db_path: Path, mods: Sequence[tvm.IRModule]) -> ms.database.Database:
-    """An in-memory database of the records at `db_path` whose workloads are among `mods`.
-
-    Decoding a workload (a whole TIR module) is what makes opening a large database slow (~20 ms each); the
-    workload file names each one by its structural hash first, so only the wanted ones are decoded.
-    """
-    import json
-
-    wanted = {str(tvm_ffi.structural_hash(m)) for m in mods}
-    db, by_line = ms.database.MemoryDatabase(), {}
-    if database_fingerprint(db_path) is None:
-        return db
-    with open(db_path / WORKLOADS) as f:
-        for i, line in enumerate(f):
-            if line[2:line.find('"', 2)] in wanted:
-                by_line[i] = db.commit_workload(ms.database.Workload.from_json(json.loads(line)).mod)
-    with open(db_path / RECORDS) as f:
-        for line in f:
-            workload = by_line.get(int(line[1:line.index(",")]))
-            if workload is not None:
-                db.commit_tuning_record(ms.database.TuningRecord.from_json(json.loads(line)[1], workload))
-    return db
-
-
-def coverage(mods: Sequence[tvm.IRModule], target: tvm.target.Target, database: Path | ms.database.Database
-             ) -> TuningCoverage:
-    """How many of the tasks of `mods` the database (at a path, or loaded) has schedules for."""
-    return tasks_coverage(extract_tasks(mods, target), target, database)
-
-
-def tasks_coverage(tasks: Sequence[ms.ExtractedTask], target: tvm.target.Target,
-                   database: Path | ms.database.Database) -> TuningCoverage:
-    """How many of the extracted `tasks` the database has schedules for."""
-    db = records_for(database, [t.dispatched[0] for t in tasks]) if isinstance(database, Path) else database
-    return TuningCoverage(tuned=sum(_is_tuned(db, t, target) for t in tasks), total=len(tasks))
 
 
 def _warm_worker() -> None:
@@ -402,6 +184,33 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
                     task_scheduler.terminate_task(i)
 
 
+CHUNK = 24  # tasks tuned together; their records reach the database when their chunk ends
+
+
+def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_dir: Path, session: _Session,
+                builder: WarmBuilder, runner: ms.runner.Runner, per_task: int, trials: int) -> None:
+    """One MetaSchedule session over `tasks`. Its scheduler measures a first pass over all of them before
+    any record is committed, which is why a long list is tuned in chunks (a kill loses one chunk at most)."""
+    if trials <= 0:
+        return
+    strategy = ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32,
+                                                     genetic_num_iters=3)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir),
+                                                                              strategy=strategy)
+    session.stopped = False
+    try:
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
+            max_trials_per_task=per_task, num_trials_per_iter=min(16, per_task), database=db,
+            builder=builder, runner=runner,
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _Progress(session)])
+    except tvm.error.InternalError as exc:
+        # Ending tasks from a measure callback can leave the scheduler holding a task it just saw end
+        # (it checks `!task->is_terminated`); every measured record is in the database by then.
+        if not (session.stopped and "is_terminated" in str(exc)):
+            raise
+
+
 def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path, *, trials: int,
          minutes: float | None = None, profile: DeviceProfile | None = None, progress: bool = True,
          refine: bool = False) -> TuneReport:
@@ -410,11 +219,13 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
     Tasks already tuned for this target are skipped, so re-tuning covered modules spends nothing; with
     `refine` they are tuned again too (the search starts from the best schedules in the database).
     Each task gets an equal share of the trials; the gradient scheduler spends them where latency falls most.
+    Tasks are tuned in chunks of `CHUNK`, each given its share of the time left, so that a time budget ends
+    the session on time and the records of every finished chunk are kept.
     """
     start = time.monotonic()
     tasks = extract_tasks(mods, target)
     db = open_database(db_path)
-    tuned = [_is_tuned(db, t, target) for t in tasks]
+    tuned = [is_tuned(db, t, target) for t in tasks]
     todo = [t for t, done in zip(tasks, tuned, strict=True) if refine or not done]
     tuned_before = sum(tuned)
     log.info("%d tuning tasks, %d already tuned for this target%s", len(tasks), tuned_before,
@@ -423,105 +234,32 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
     if todo and trials > 0:
         per_task = max(8, -(-trials // len(todo)))
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # its per-trial tables
-        work_dir = db_path  # MetaSchedule writes its logs to work_dir/logs
-        strategy = ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32,
-                                                         genetic_num_iters=3)
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, str(work_dir),
-                                                                                  strategy=strategy)
         deadline = start + 60 * minutes if minutes else None
         runner = runner_for(profile) if profile is not None else ms.runner.LocalRunner()
         with tqdm(total=trials, desc="tune", unit="trial", disable=None if progress else True) as bar:
-            session = _Session(bar, len(todo), deadline)
+            session = _Session(bar, len(todo), None)
             builder = WarmBuilder(f_export=_cross_export(profile.cross_compiler)
                                   if profile is not None and profile.cross_compiler else None, session=session)
             try:
-                ms.tune.tune_tasks(
-                    tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
-                    max_trials_per_task=per_task, num_trials_per_iter=min(16, per_task), database=db,
-                    builder=builder, runner=runner,
-                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _Progress(session)])
-            except tvm.error.InternalError as exc:
-                # Ending tasks from a measure callback can leave the scheduler holding a task it just saw end
-                # (it checks `!task->is_terminated`); every measured record is in the database by then.
-                if not (session.stopped and "is_terminated" in str(exc)):
-                    raise
+                for first in range(0, len(todo), CHUNK):
+                    chunk = todo[first:first + CHUNK]
+                    if session.trials >= trials:
+                        break
+                    if deadline is not None:  # each chunk gets its share of the time left
+                        now = time.monotonic()
+                        if now >= deadline:
+                            stopped = True
+                            break
+                        session.deadline = now + (deadline - now) * len(chunk) / (len(todo) - first)
+                    _tune_chunk(chunk, db, db_path, session, builder, runner, per_task,
+                                min(per_task * len(chunk), trials - session.trials))
+                    stopped = stopped or session.stopped or session.skipped > 0
             finally:
                 builder.close()
-            measured, stopped = session.trials, session.stopped or session.skipped > 0
+            measured = session.trials
     if database_fingerprint(db_path) is not None:
-        log.info("kept %d records (the best per kernel) in %s", compact(db_path), db_path)
+        with cache.locked(db_path):  # compiles reading the database wait for the rewrite
+            log.info("kept %d records (the best per kernel) in %s", compact(db_path), db_path)
     return TuneReport(tasks=len(tasks), tasks_tuned_before=tuned_before,
                       trials=measured, seconds=time.monotonic() - start,
                       stopped_by_deadline=stopped, coverage=coverage(mods, target, db_path))
-
-
-def compact(path: Path, keep: int = 2) -> int:
-    """Keep only the `keep` fastest records of each workload (MetaSchedule logs every measured candidate).
-
-    Makes the database small enough to commit and quick to load; returns the number of records kept.
-    """
-    db = open_database(path)
-    workloads = {}
-    records = db.get_all_tuning_records()
-    for record in records:
-        workloads.setdefault(tvm_ffi.structural_hash(record.workload.mod), record.workload)
-    if len(records) <= keep * len(workloads):
-        return len(records)  # already compact: leave the files (and their fingerprint) alone
-    partial = path.with_name(path.name + ".compact")
-    for leftover in (partial / RECORDS, partial / WORKLOADS):
-        leftover.unlink(missing_ok=True)
-    slim, kept = open_database(partial), 0
-    for workload in workloads.values():
-        for record in db.get_top_k(workload, keep):
-            _copy_record(record, slim)
-            kept += 1
-    for name in (WORKLOADS, RECORDS):
-        (partial / name).replace(path / name)
-    partial.rmdir()
-    return kept
-
-
-def _lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    """Relax's passes after scheduling, to the VM (TVM 0.27's relax.pipeline misses them for CPU targets)."""
-    from tvm import relax
-
-    backend = relax.pipeline
-    if target.kind.name == "llvm":
-        from tvm.relax.backend.cpu_generic import pipeline as backend
-    return [*backend.dataflow_lower_passes(target), *backend.finalize_passes(target)]
-
-
-def gpu_default_schedules(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    """DLight's default GPU schedules (for kernels the database has none for; every GPU kernel needs one)."""
-    if "gpu" not in [str(k) for k in target.keys]:
-        return []
-    from tvm.s_tir import dlight as dl
-
-    return [dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
-                                    dl.gpu.Fallback())]
-
-
-def compile_with_database(mod: tvm.IRModule, target: tvm.target.Target, database: Path | ms.database.Database
-                          ) -> tvm.runtime.Executable:
-    """Build `mod`, taking every kernel the database (at a path, or loaded) has a schedule for (the rest untuned).
-
-    Where a tuned schedule rewrote its weight layout, the repacking is split out of the kernel and
-    constant-folded: the library holds the weights prepacked and the kernel reads them as they lie.
-    """
-    from tvm import relax
-
-    tail = _lowering_passes(target)
-    prepack = [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant()] \
-        if prepacks_weights(target) else []
-
-    @tvm.transform.module_pass(opt_level=3)
-    def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        # (MetaScheduleApplyDatabase reads the current target when it is made: here, inside `with target`)
-        scheduled = [relax.transform.MetaScheduleApplyDatabase(), *gpu_default_schedules(target)]
-        mod = tvm.transform.Sequential(scheduled)(fuse(mod, target))
-        return tvm.transform.Sequential([*prepack, *tail])(mod)
-
-    if isinstance(database, Path):
-        database = records_for(database, [t.dispatched[0] for t in extract_tasks([mod], target)])
-    with target, database, tvm.transform.PassContext(opt_level=3):
-        return relax.build(mod, target=target, relax_pipeline=pipeline)

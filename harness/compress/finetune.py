@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from harness.train import Optimizer
+from torch import nn
+
+from harness.compress.step import StepContext, StepResult
+from harness.errors import HarnessError
+from harness.specs import FinetuneSpec
+from harness.train import Distillation, fit
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class FinetuneSpec:
-    """`- finetune: {epochs: 2, lr: 0.01, distill: true}`."""
+class Finetune:
+    spec: FinetuneSpec
+    acts_on: Literal["torch"] = "torch"
 
-    epochs: int = 2
-    lr: float = 0.01
-    batch_size: int | None = None  # None: the recipe's train.batch_size
-    optimizer: Optimizer = Optimizer.SGD
-    distill: bool = False  # teacher: the model before the compression steps
-    temperature: float = 4.0
-    distill_weight: float = 0.7
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.lr <= 0:
-            raise ValueError(f"finetune needs epochs >= 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
-        if not 0 <= self.distill_weight <= 1 or self.temperature <= 0:
-            raise ValueError("finetune needs distill_weight in [0, 1] and temperature > 0")
+    def apply(self, model: nn.Module, ctx: StepContext) -> StepResult:
+        """Train `model` (in place) for the spec's epochs, from the teacher's logits when `distill`."""
+        spec, recipe = self.spec, ctx.recipe
+        if ctx.splits.train is None:
+            raise HarnessError(f"recipe {recipe.name}: finetune needs a data set with a train split")
+        kd = Distillation(teacher=ctx.teacher, temperature=spec.temperature, weight=spec.distill_weight) \
+            if spec.distill else None
+        fit(model, ctx.splits.train, epochs=spec.epochs, lr=spec.lr,
+            batch_size=spec.batch_size or recipe.train.batch_size, optimizer=spec.optimizer, seed=recipe.train.seed,
+            distill=kd, progress=ctx.progress, desc="finetune")
+        return StepResult(output=model)

@@ -10,31 +10,21 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from harness.compress.step import StepContext, StepResult
+from harness.data import make_loader
 from harness.errors import HarnessError
 from harness.models.counting import count_macs, count_params
+from harness.specs import Importance, PruneSpec
 
 log = logging.getLogger(__name__)
-
-
-class Importance(StrEnum):
-    """How channels are ranked before the least important ones are removed."""
-
-    L1 = "l1"
-    L2 = "l2"
-    BN_SCALE = "bn_scale"
-    TAYLOR = "taylor"
-    LAMP = "lamp"
-    FPGM = "fpgm"
-    RANDOM = "random"
 
 
 IMPORTANCES: dict[Importance, Any] = {
@@ -46,28 +36,6 @@ IMPORTANCES: dict[Importance, Any] = {
     Importance.FPGM: lambda: tp.importance.FPGMImportance(),
     Importance.RANDOM: lambda: tp.importance.RandomImportance(),
 }
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PruneSpec:
-    """`- prune: {ratio: 0.5, importance: l2, global: false, round_to: 8, ignore: [...], layer_ratios: {...}}`."""
-
-    ratio: float  # share of channels removed, in [0, 1)
-    importance: Importance = Importance.L2
-    global_pruning: bool = False  # YAML `global`: rank channels across layers instead of per layer
-    iterative_steps: int = 1
-    round_to: int | None = 8  # pruned channel counts are multiples of this (SIMD); None: no rounding
-    ignore: tuple[str, ...] = ()  # module names (fnmatch patterns) left whole; the classifier always is
-    layer_ratios: dict[str, float] = field(default_factory=dict)  # module-name pattern → ratio
-
-    def __post_init__(self) -> None:
-        for name, ratio in [("ratio", self.ratio), *((f"layer_ratios.{k}", v) for k, v in self.layer_ratios.items())]:
-            if not 0 <= ratio < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {ratio}")
-        if self.iterative_steps < 1:
-            raise ValueError(f"iterative_steps must be >= 1, got {self.iterative_steps}")
-        if self.round_to is not None and self.round_to < 1:
-            raise ValueError(f"round_to must be >= 1 or null, got {self.round_to}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -94,19 +62,21 @@ def _matching(model: nn.Module, patterns: Iterable[str]) -> list[tuple[str, nn.M
     return [(n, m) for n, m in model.named_modules() if n and any(fnmatch.fnmatch(n, p) for p in patterns)]
 
 
+def check_patterns(model: nn.Module, spec: PruneSpec) -> None:
+    """Every `ignore` and `layer_ratios` pattern names at least one module of `model` (else a one-line error)."""
+    for key, patterns in (("ignore", spec.ignore), ("layer_ratios", spec.layer_ratios)):
+        for pattern in patterns:
+            if not _matching(model, [pattern]):
+                raise HarnessError(f"prune.{key}: no module of {type(model).__name__} matches {pattern!r} "
+                                   f"(e.g. {', '.join(n for n, _ in list(model.named_modules())[1:4])})")
+
+
 def _pruner(model: nn.Module, spec: PruneSpec, example: torch.Tensor) -> tp.pruner.MetaPruner:
-    ignored = [_classifier(model)]
-    for pattern in spec.ignore:
-        found = _matching(model, [pattern])
-        if not found:
-            raise HarnessError(f"prune.ignore: no module of {type(model).__name__} matches {pattern!r}")
-        ignored += [m for _, m in found]
+    check_patterns(model, spec)
+    ignored = [_classifier(model)] + [m for pattern in spec.ignore for _, m in _matching(model, [pattern])]
     ratio_dict: dict[nn.Module, float] = {}
     for pattern, ratio in spec.layer_ratios.items():
-        found = _matching(model, [pattern])
-        if not found:
-            raise HarnessError(f"prune.layer_ratios: no module of {type(model).__name__} matches {pattern!r}")
-        ratio_dict.update({m: ratio for _, m in found})
+        ratio_dict.update({m: ratio for _, m in _matching(model, [pattern])})
     return tp.pruner.MetaPruner(
         model,
         example,
@@ -149,3 +119,20 @@ def _check_depthwise(model: nn.Module) -> None:
         if isinstance(mod, nn.Conv2d) and mod.groups > 1 and not mod.groups == mod.in_channels == mod.out_channels:
             raise HarnessError(f"prune: {name} ({type(mod).__name__}) lost its depthwise structure: "
                                f"groups={mod.groups}, in={mod.in_channels}, out={mod.out_channels}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Prune:
+    spec: PruneSpec
+    acts_on: Literal["torch"] = "torch"
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> StepResult:
+        """Prune `model` in place; a few training batches calibrate gradient-based importances."""
+        example = torch.zeros(1, 3, ctx.recipe.resolution, ctx.recipe.resolution)
+        calibration = None
+        if ctx.splits.train is not None:
+            loader = make_loader(ctx.splits.train, ctx.recipe.train.batch_size, shuffle=True,
+                                 seed=ctx.recipe.train.seed)
+            calibration = [batch for batch, _ in zip(loader, range(4), strict=False)]
+        report = prune(model, self.spec, example, calibration=calibration)
+        return StepResult(output=model, report={"prune_ratio": self.spec.ratio, "macs_ratio": report.macs_ratio})

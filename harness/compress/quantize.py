@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -16,31 +15,15 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
+from harness import cache
+from harness.compress.step import StepContext, StepResult
+from harness.data import calibration_batches
 from harness.errors import HarnessError
+from harness.export import OnnxModel
+from harness.schema import content_hash
+from harness.specs import CalibrationMethod, CompileOptions, QuantizeSpec
 
 log = logging.getLogger(__name__)
-
-
-class CalibrationMethod(StrEnum):
-    MINMAX = "minmax"
-    ENTROPY = "entropy"
-    PERCENTILE = "percentile"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class QuantizeSpec:
-    """`- quantize: {dtype: int8, per_channel: true, calibration: minmax, calibration_samples: 128}`."""
-
-    dtype: Literal["int8", "fp16"] = "int8"
-    per_channel: bool = True  # per-output-channel weight scales
-    symmetric_activations: bool = False  # False: uint8 activations with zero points; True: int8 symmetric
-    calibration: CalibrationMethod = CalibrationMethod.MINMAX
-    calibration_samples: int = 128
-    integer: bool = True  # TVM: integer convolutions (True) or the importer's float dequantize→conv→quantize
-
-    def __post_init__(self) -> None:
-        if self.calibration_samples < 1:
-            raise ValueError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -105,3 +88,27 @@ def quantize_onnx(fp32_onnx: Path, out_path: Path, spec: QuantizeSpec, calibrati
     return QuantizeReport(path=out_path, quantize_nodes=ops.count("QuantizeLinear"),
                           dequantize_nodes=ops.count("DequantizeLinear"), samples=reader.samples,
                           bytes=out_path.stat().st_size)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Quantize:
+    spec: QuantizeSpec
+    acts_on: Literal["onnx"] = "onnx"
+
+    def apply(self, fp32: OnnxModel, ctx: StepContext) -> StepResult:
+        """int8: the calibrated QDQ model (cached beside `fp32` by the calibration settings); fp16: `fp32`,
+        converted by the compiler."""
+        spec = self.spec
+        if spec.dtype == "fp16":
+            return StepResult(output=fp32, dtype="fp16", options=CompileOptions(fp16=True))
+        calibration_key = content_hash({k: getattr(spec, k) for k in spec.__dataclass_fields__ if k != "integer"})
+        out = fp32.path.with_name(f"model.int8-{calibration_key}.onnx")
+        with cache.locked(out):
+            if cache.digest(out) is None:
+                batches = calibration_batches(ctx.splits, spec.calibration_samples, batch_size=16)
+                cache.write(out, lambda tmp: quantize_onnx(fp32.path, tmp, spec, batches, input_name=fp32.input_name,
+                                                           progress=ctx.progress))
+        return StepResult(output=OnnxModel(path=out, input_shape=fp32.input_shape, input_name=fp32.input_name),
+                          dtype="int8", options=CompileOptions(integer=spec.integer),
+                          report={"calibration": f"{spec.calibration.value}:{spec.calibration_samples}",
+                                  "integer": spec.integer})

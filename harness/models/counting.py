@@ -45,7 +45,8 @@ def count_macs(model: nn.Module, resolution: int | tuple[int, int], in_channels:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, in_channels, h, w))
+            device = next(model.parameters()).device  # the meta device counts without computing
+            model(torch.zeros(1, in_channels, h, w, device=device))
     finally:
         for handle in handles:
             handle.remove()

@@ -1,9 +1,11 @@
-"""Pruning sensitivity: prune one layer group at a time at several ratios and record the accuracy drop."""
+"""Pruning sensitivity: prune one layer group at a time at several ratios and record the accuracy drop;
+for a recipe, the table, its plot and the per-layer ratios a prune step can use, written beside the results."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -11,8 +13,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from harness.compress.prune import PruneSpec, prune
+from harness.build import trained_base
+from harness.compress.prune import prune
+from harness.data import load_data
 from harness.models.counting import count_macs
+from harness.results import write_json
+from harness.specs import PruneSpec, Recipe
+from harness.train import torch_top1
+from harness.workspace import Workspace
 
 DEFAULT_RATIOS = (0.1, 0.3, 0.5, 0.7)
 
@@ -67,3 +75,27 @@ def plot(table: pd.DataFrame, path: Path, title: str = "pruning sensitivity") ->
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Sensitivity:
+    """A recipe's sensitivity table, the ratios it suggests, and the files written (`.csv`, `.png`, `.json`)."""
+
+    table: pd.DataFrame
+    layer_ratios: dict[str, float]
+    stem: Path  # the files are stem.csv, stem.png and stem.json
+
+
+def analyze_recipe(recipe: Recipe, ws: Workspace, *, ratios: Sequence[float] = DEFAULT_RATIOS,
+                   max_drop: float = 0.01, progress: bool = True) -> Sensitivity:
+    """Sensitivity of the recipe's trained base model (PyTorch top-1), written to `results/sensitivity/`."""
+    splits = load_data(recipe.data, recipe.resolution)
+    model = trained_base(recipe, splits, ws, progress)
+    table = analyze(model, lambda m: torch_top1(m, splits.val), recipe.resolution, ratios=ratios, progress=progress)
+    stem = ws.root / "sensitivity" / f"{recipe.name}-{recipe.base_key()[:8]}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(stem.with_suffix(".csv"), index=False)
+    plot(table, stem.with_suffix(".png"), title=f"{recipe.name}: pruning sensitivity (PyTorch top-1)")
+    layer_ratios = suggest_layer_ratios(table, max_drop)
+    write_json(stem.with_suffix(".json"), {"max_drop": max_drop, "layer_ratios": layer_ratios})
+    return Sensitivity(table=table, layer_ratios=layer_ratios, stem=stem)

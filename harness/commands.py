@@ -1,0 +1,209 @@
+"""The command handlers of `python -m harness`: each parses nothing, calls the stages and prints; files are
+written by the stages they call (harness.cli builds the parser and maps errors to exit codes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+def _workspace(args: argparse.Namespace, write: bool = True):  # noqa: ANN202 (harness.workspace.Workspace)
+    """The results folder named by --results (or the default one), checked to be a folder we can write to."""
+    import os
+
+    from harness.workspace import Workspace
+
+    ws = Workspace(Path(args.results)) if args.results else Workspace()
+    if ws.root.exists() and not ws.root.is_dir():
+        raise HarnessError(f"--results {ws.root}: not a folder")
+    if write:
+        try:
+            ws.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HarnessError(f"--results {ws.root}: cannot create it ({exc.strerror})") from None
+        if not os.access(ws.root, os.W_OK | os.X_OK):
+            raise HarnessError(f"--results {ws.root}: not writable")
+    return ws
+
+
+def _profile(args: argparse.Namespace):  # noqa: ANN202 (harness.device.DeviceProfile)
+    """The device profile named by --device, with --tracker/--rpc (and --gpu) applied where the command has them."""
+    from harness.device import load_device
+
+    profile = load_device(args.device)
+    if hasattr(args, "rpc"):
+        profile = profile.with_remote(tracker=args.tracker, direct=args.rpc)
+    return profile.with_gpu(args.gpu) if getattr(args, "gpu", None) is not None else profile
+
+
+def _print_recorded(rows: list, ws, record: bool) -> None:  # noqa: ANN001
+    if record:
+        print(f"\nappended {len(rows)} row(s) to {ws.table}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.pipeline import run_recipe
+    from harness.recipe import load_recipe
+    from harness.results import SUMMARY_COLUMNS, format_rows
+
+    recipe = load_recipe(args.recipe).with_eval_samples(args.eval_samples)
+    profile, ws = _profile(args), _workspace(args)
+    rows = [row for batch in (args.batch or [recipe.measure.batch])
+            for row in run_recipe(recipe.with_batch(batch), profile, workspace=ws, progress=not args.quiet,
+                                  record=not args.no_record, tune_minutes=args.tune_minutes)]
+    print(format_rows(rows, (*SUMMARY_COLUMNS, "batch", "images_per_s", "torch_fp16_latency_ms")
+                      if profile.gpu_index is not None else SUMMARY_COLUMNS))
+    _print_recorded(rows, ws, not args.no_record)
+    return 0
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from harness.pipeline import run_variants
+    from harness.recipe import load_recipe
+    from harness.results import format_rows
+    from harness.sweep import expand
+
+    recipe = load_recipe(args.recipe).with_eval_samples(args.eval_samples)
+    grid = {k: v for k, v in (("width", args.width), ("resolution", args.resolution), ("dtype", args.dtype)) if v}
+    ws = _workspace(args)
+    rows = run_variants(expand(recipe, grid or None), recipe.reference(), _profile(args), workspace=ws,
+                        progress=not args.quiet, record=not args.no_record)
+    print(format_rows(rows))
+    _print_recorded(rows, ws, not args.no_record)
+    return 0
+
+
+def tune(args: argparse.Namespace) -> int:
+    from harness.recipe import load_recipe
+    from harness.tune import refresh_shipped, tune_recipes, tuning_database
+
+    profile, ws = _profile(args), _workspace(args)
+    if args.shipped:
+        if args.recipe:
+            raise HarnessError("tune --shipped tunes every shipped recipe: name no recipe")
+        report, shipped, size = refresh_shipped(profile, ws, trials=args.trials, minutes=args.minutes,
+                                                progress=not args.quiet, refine=args.refine)
+        if report is not None:
+            print(f"tuned every shipped recipe for {profile.name}: {report.summary()}")
+        print(f"shipped database: {shipped} ({size / 1e6:.2f} MB)")
+        return 0
+    if not args.recipe:
+        raise HarnessError("tune: name at least one recipe, or --shipped for all of them")
+    recipes = [load_recipe(r) for r in args.recipe]
+    report = tune_recipes(recipes, profile, ws, trials=args.trials, minutes=args.minutes, progress=not args.quiet,
+                          refine=args.refine)
+    print(f"tuned {', '.join(r.name for r in recipes)} for {profile.name}: {report.summary()}")
+    print(f"database: {tuning_database(profile, ws)}")
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from harness.bench import bench
+    from harness.recipe import load_recipe
+    from harness.results import format_rows
+
+    rows, path = bench([load_recipe(r) for r in args.recipe], _profile(args), repeats=args.repeats,
+                       workspace=_workspace(args), progress=not args.quiet)
+    print(format_rows(rows, ["recipe", "dtype", "runtime", "latency_ms_median", "latency_ms_min", "vs_ort",
+                             "vs_fp32", "tuned_kernels"]))
+    print(f"\nwrote {path}")
+    return 0
+
+
+def emulator(args: argparse.Namespace) -> int:
+    from harness import emulator
+    from harness.device import load_device
+
+    if args.action == "status":
+        state, counts = emulator.status()
+        if not state.boards:
+            print("no emulated boards running")
+            return 0
+        print(f"tracker 127.0.0.1:{state.tracker_port}")
+        for board in state.boards:
+            print(f"  {board.name:<14} key {board.key:<6} port {board.port}  pid {board.pid}")
+        for key, count in counts.items():
+            print(f"  key {key}: {count} board(s) registered with the tracker")
+        return 0
+    if args.action == "stop":
+        stopped = emulator.stop(args.device)
+        print(f"stopped {len(stopped)} board(s)" + (f": {', '.join(b.name for b in stopped)}" if stopped else ""))
+        return 0
+    if args.device is None:
+        raise HarnessError(f"emulator {args.action}: name a device, e.g. `emulator {args.action} rpi4`")
+    profile = load_device(args.device)
+    if args.action == "setup":
+        print(f"emulated root ready: {emulator.setup(emulator.spec_of(profile))}")
+        return 0
+    boards = emulator.start(profile, args.boards, args.drop_after)
+    tracker = f"127.0.0.1:{profile.emulator.tracker_port}"
+    print(f"started {len(boards)} emulated {profile.name} board(s) on tracker {tracker}, key {profile.remote.key!r}: "
+          + ", ".join(f"{b.name} (pid {b.pid})" for b in boards))
+    print(f"latencies measured on them are qemu's, not the board's; run: python -m harness run RECIPE --device "
+          f"{profile.name}")
+    return 0
+
+
+def sensitivity(args: argparse.Namespace) -> int:
+    import yaml
+
+    from harness.recipe import load_recipe
+    from harness.sensitivity import analyze_recipe
+
+    result = analyze_recipe(load_recipe(args.recipe), _workspace(args), ratios=args.ratios, max_drop=args.max_drop,
+                            progress=not args.quiet)
+    print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\nwrote {result.stem}.csv, .png and .json")
+    print(f"per-layer ratios keeping each drop <= {args.max_drop} (paste into a prune step):")
+    print(yaml.safe_dump({"layer_ratios": result.layer_ratios}, sort_keys=False).rstrip())
+    return 0
+
+
+def inspect(args: argparse.Namespace) -> int:
+    import torch
+
+    from harness.models import build_model, model_cost
+
+    with torch.device("meta"):  # shapes only: any size is counted at once, in no memory
+        model = build_model(args.model, width=args.width, num_classes=args.classes)
+    cost = model_cost(model, args.resolution)
+    info = {"model": args.model, "width": args.width, "resolution": args.resolution,
+            "num_classes": args.classes, "params": cost.params, "macs": cost.macs}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"{args.model}  α={args.width}  {args.resolution}×{args.resolution}  {args.classes} classes")
+        print(f"  parameters     {cost.params:>14,}  ({cost.params / 1e6:.2f} M)")
+        print(f"  multiply-adds  {cost.macs:>14,}  ({cost.macs / 1e6:.1f} M)")
+    return 0
+
+
+def devices(args: argparse.Namespace) -> int:
+    from harness.compile.target import build_target
+    from harness.device import available_devices, load_device
+
+    profiles = [load_device(name) for name in available_devices()]
+    if args.json:
+        print(json.dumps([asdict(p) for p in profiles], default=str, indent=2))
+        return 0
+    for p in profiles:
+        where = "local" if p.remote is None else f"RPC key {p.remote.key!r} via {p.remote.direct or p.remote.tracker}"
+        print(f"{p.name:<8} {where}")
+        print(f"         {p.description}")
+        print(f"         target: {build_target(p)}")
+    return 0
+
+
+def results(args: argparse.Namespace) -> int:
+    from harness.results import SUMMARY_COLUMNS, format_rows, load_results
+
+    table = load_results(_workspace(args, write=False).table)
+    if table.empty:
+        print("no results yet")
+        return 0
+    print(format_rows(table.tail(args.last).to_dict("records"), ["run_id", *SUMMARY_COLUMNS]))
+    return 0

@@ -1,0 +1,205 @@
+"""Tuning databases on disk: one per portable target, in the workspace and shipped with the package.
+
+A database lives in `<results>/tuning/<target key>/` (MetaSchedule's JSON workload and tuning-record files),
+the key naming what shapes a schedule: the ISA level or CPU model, extensions and thread count
+(harness.compile.target.target_key). Records are found by workload (the structural hash of each fused TIR
+kernel), so α/ρ/pruning variants and different recipes share the kernels they have in common, and a
+database tuned on one CPU of a level serves every CPU of that level. The package ships compact databases
+(`harness/tuning_db/<key>/`) that seed the workspace's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import tvm
+import tvm_ffi
+from tvm.s_tir import meta_schedule as ms
+
+from harness import cache
+
+log = logging.getLogger(__name__)
+
+RECORDS = "database_tuning_record.json"
+WORKLOADS = "database_workload.json"
+
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "tuning_db"  # harness/tuning_db/<target key>/
+PACKED = ".xz"  # shipped files: MetaSchedule's JSON files, xz-compressed (base64 JSON packs ~100x)
+SEEDED = "shipped.sha256"  # in a workspace database: digest of the shipped files last merged into it
+
+
+def database_dir(root: Path, key: str) -> Path:
+    """Where the workspace database for the target with portable key `key` lives."""
+    return root / key
+
+
+def shipped_dir(key: str, shipped_root: Path = SHIPPED_DIR) -> Path | None:
+    """The database shipped with the harness for `key`, if there is one."""
+    path = shipped_root / key
+    return path if (path / (RECORDS + PACKED)).is_file() and (path / (WORKLOADS + PACKED)).is_file() else None
+
+
+def _copy_record(record: ms.database.TuningRecord, into: ms.database.Database) -> None:
+    """Commit `record` (and its workload) to another database."""
+    into.commit_tuning_record(ms.database.TuningRecord(record.trace, into.commit_workload(record.workload.mod),
+                                                       record.run_secs, record.target, record.args_info))
+
+
+def _shipped_digest(shipped: Path) -> str:
+    digest = hashlib.sha256()
+    for name in (WORKLOADS, RECORDS):
+        digest.update((shipped / (name + PACKED)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _unpack(shipped: Path, into: Path) -> None:
+    """Decompress the shipped files into `into` (each written whole, then renamed into place)."""
+    import lzma
+
+    into.mkdir(parents=True, exist_ok=True)
+    for name in (WORKLOADS, RECORDS):
+        tmp = into / (name + ".tmp")
+        tmp.write_bytes(lzma.decompress((shipped / (name + PACKED)).read_bytes()))
+        tmp.replace(into / name)
+
+
+def seed(db_path: Path, shipped: Path | None) -> None:
+    """Merge the shipped database into the workspace one at `db_path` when it is new or changed since last time.
+
+    An empty workspace database simply becomes a copy; otherwise every shipped record is added to the ones
+    tuned here (MetaSchedule keeps the fastest), and the result compacted.
+    """
+    if shipped is None:
+        return
+    digest = _shipped_digest(shipped)
+    marker = db_path / SEEDED
+    if marker.is_file() and marker.read_text().strip() == digest:
+        return
+    with cache.locked(db_path):  # concurrent runs seed once; readers wait for whole files
+        if not (marker.is_file() and marker.read_text().strip() == digest):
+            _merge(db_path, shipped)
+            marker.write_text(digest + "\n")
+
+
+def _merge(db_path: Path, shipped: Path) -> None:
+    if database_fingerprint(db_path) is None:
+        log.info("tuning database %s: starting from the shipped one (%s)", db_path, shipped)
+        _unpack(shipped, db_path)
+    else:
+        import tempfile
+
+        log.info("tuning database %s: merging the shipped one (%s)", db_path, shipped)
+        with tempfile.TemporaryDirectory() as tmp:
+            _unpack(shipped, Path(tmp))
+            src, dst = open_database(Path(tmp)), open_database(db_path)
+            for record in src.get_all_tuning_records():
+                _copy_record(record, dst)
+        compact(db_path)
+
+
+def pack(db_path: Path, shipped: Path, workloads: Sequence[tvm.IRModule] | None = None) -> int:
+    """Write the workspace database at `db_path` as the shipped one at `shipped` (compacted, xz); returns bytes.
+
+    `workloads`: keep only the records of these kernels (those of the shipped recipes), dropping kernels no
+    shipped recipe compiles any more.
+    """
+    import lzma
+    import tempfile
+
+    compact(db_path)
+    keep = None if workloads is None else {tvm_ffi.structural_hash(m) for m in workloads}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, slim = open_database(db_path), open_database(Path(tmp))
+        for record in src.get_all_tuning_records():
+            if keep is None or tvm_ffi.structural_hash(record.workload.mod) in keep:
+                _copy_record(record, slim)
+        shipped.mkdir(parents=True, exist_ok=True)
+        size = 0
+        for name in (WORKLOADS, RECORDS):
+            data = lzma.compress((Path(tmp) / name).read_bytes(), preset=9 | lzma.PRESET_EXTREME)
+            tmp_out = shipped / (name + PACKED + ".tmp")
+            tmp_out.write_bytes(data)
+            tmp_out.replace(shipped / (name + PACKED))
+            size += len(data)
+    (db_path / SEEDED).write_text(_shipped_digest(shipped) + "\n")
+    return size
+
+
+def databases_for_other_threads(key: str, roots: Sequence[Path]) -> list[str]:
+    """Keys of databases (under any of `roots`) for the same target as `key` but another thread count."""
+    stem = key.rpartition("-t")[0]
+    if not stem:
+        return []
+    found = {p.name for root in roots if root.is_dir() for p in root.iterdir()
+             if p.name != key and p.name.rpartition("-t")[0] == stem and p.name.rpartition("-t")[2].isdigit()}
+    return sorted(found)
+
+
+def database_fingerprint(path: Path) -> str | None:
+    """A hash of the tuning records at `path` (None when there are none), for artifact cache keys."""
+    records = path / RECORDS
+    if not records.is_file() or records.stat().st_size == 0:
+        return None
+    return hashlib.sha256(records.read_bytes()).hexdigest()[:16]
+
+
+def open_database(path: Path) -> ms.database.JSONDatabase:
+    """The JSON database at `path` (created empty if absent)."""
+    path.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(path_workload=str(path / WORKLOADS), path_tuning_record=str(path / RECORDS),
+                                    allow_missing=True)
+
+
+def records_for(db_path: Path, mods: Sequence[tvm.IRModule]) -> ms.database.Database:
+    """An in-memory database of the records at `db_path` whose workloads are among `mods`.
+
+    Decoding a workload (a whole TIR module) is what makes opening a large database slow (~20 ms each); the
+    workload file names each one by its structural hash first, so only the wanted ones are decoded.
+    """
+
+    wanted = {str(tvm_ffi.structural_hash(m)) for m in mods}
+    db, by_line = ms.database.MemoryDatabase(), {}
+    if database_fingerprint(db_path) is None:
+        return db
+    with cache.locked(db_path):
+        with open(db_path / WORKLOADS) as f:
+            for i, line in enumerate(f):
+                if line[2:line.find('"', 2)] in wanted and line.endswith("\n"):  # a tuning session may be writing
+                    by_line[i] = db.commit_workload(ms.database.Workload.from_json(json.loads(line)).mod)
+        with open(db_path / RECORDS) as f:
+            for line in f:
+                workload = by_line.get(int(line[1:line.index(",")])) if line.endswith("\n") else None
+                if workload is not None:
+                    db.commit_tuning_record(ms.database.TuningRecord.from_json(json.loads(line)[1], workload))
+    return db
+
+
+def compact(path: Path, keep: int = 2) -> int:
+    """Keep only the `keep` fastest records of each workload (MetaSchedule logs every measured candidate).
+
+    Makes the database small enough to commit and quick to load; returns the number of records kept.
+    """
+    db = open_database(path)
+    workloads = {}
+    records = db.get_all_tuning_records()
+    for record in records:
+        workloads.setdefault(tvm_ffi.structural_hash(record.workload.mod), record.workload)
+    if len(records) <= keep * len(workloads):
+        return len(records)  # already compact: leave the files (and their fingerprint) alone
+    partial = path.with_name(path.name + ".compact")
+    for leftover in (partial / RECORDS, partial / WORKLOADS):
+        leftover.unlink(missing_ok=True)
+    slim, kept = open_database(partial), 0
+    for workload in workloads.values():
+        for record in db.get_top_k(workload, keep):
+            _copy_record(record, slim)
+            kept += 1
+    for name in (WORKLOADS, RECORDS):
+        (partial / name).replace(path / name)
+    partial.rmdir()
+    return kept

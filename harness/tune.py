@@ -1,0 +1,114 @@
+"""Tuning orchestration: the device's database (seeded from the shipped one), tuning recipes into it, the
+warning (with the command that fixes it) when an artifact has untuned kernels, and refreshing the shipped
+databases."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import tvm
+
+from harness.build import Compiled, Exported, export_variant, structural
+from harness.compile import database, prepare_module, tuning
+from harness.compile.kernels import extract_tasks
+from harness.compile.target import build_target, target_key, target_spec
+from harness.data import load_data
+from harness.device import DeviceProfile
+from harness.recipe import available_recipes, load_recipe
+from harness.specs import Recipe
+from harness.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+TUNE_MINUTES_PER_KERNEL = 0.3  # 2 cores: 20 minutes for the 56 kernels of v1+v2 gave 1.1x ONNX Runtime on a Xeon
+
+
+def tuning_database(profile: DeviceProfile, ws: Workspace) -> Path:
+    """The tuning database of `profile`'s (portable) target in `ws`, seeded from the shipped one for that target."""
+    key = target_key(target_spec(profile))
+    path = database.database_dir(ws.tuning_root, key)
+    database.seed(path, database.shipped_dir(key))
+    return path
+
+
+def tune_command(recipe: Recipe, profile: DeviceProfile, untuned: int) -> str:
+    """The `harness tune` command that tunes the kernels `recipe` lacks on `profile`, with a fitting budget."""
+    minutes = max(2, round(untuned * TUNE_MINUTES_PER_KERNEL))
+    name = recipe.name.removesuffix(":reference")
+    return f"python -m harness tune {name} --device {profile.name} --trials 100000 --minutes {minutes}"
+
+
+def warn_untuned(compiled: Compiled, profile: DeviceProfile, ws: Workspace) -> None:
+    """One warning line when the artifact has untuned kernels: what is missing and the command that fixes it."""
+    report, recipe = compiled.artifact.report, compiled.recipe
+    covered = report.tuned_kernels
+    if covered.complete:
+        return
+    untuned = covered.total - covered.tuned
+    if report.schedules == "dlight":
+        log.info("%s: %d of %d kernels run DLight's default GPU schedules; tuning may speed them up: %s",
+                 recipe.name, untuned, covered.total, tune_command(recipe, profile, untuned))
+        return
+    key = target_key(target_spec(profile))
+    others = database.databases_for_other_threads(key, [ws.tuning_root, database.SHIPPED_DIR])
+    other = f" (databases exist for other thread counts: {', '.join(others)}; not used)" if others else ""
+    log.warning("%s: %d of %d kernels are untuned for %s%s, so its latency is not representative; fix: %s",
+                recipe.name, untuned, covered.total, key, other, tune_command(recipe, profile, untuned))
+
+
+def tuning_modules(exports: list[Exported], profile: DeviceProfile) -> list[tvm.IRModule]:
+    """The Relax modules that `exports` compile to on `profile`."""
+    return [prepare_module(e.onnx, layout=profile.layout, options=e.options) for e in exports]
+
+
+def structural_exports(variants: list[Recipe], ws: Workspace, progress: bool = True) -> list[Exported]:
+    """`variants` exported untrained (see `build.structural`): their kernels, without the training."""
+    exports = []
+    for variant in map(structural, variants):
+        exports.append(export_variant(variant, load_data(variant.data, variant.resolution), ws, progress))
+    return exports
+
+
+def tune_exports(exports: list[Exported], profile: DeviceProfile, ws: Workspace, *, trials: int,
+                 minutes: float | None = None, progress: bool = True, refine: bool = False) -> tuning.TuneReport:
+    """Tune the kernels of `exports` (as compiled for `profile`) into the device's database, together.
+
+    Kernels shared between variants are tuned once; kernels already in the database are skipped (unless
+    `refine`).
+    """
+    db = tuning_database(profile, ws)
+    log.info("tuning %d model(s) for %s into %s", len(exports), profile.name, db)
+    return tuning.tune(tuning_modules(exports, profile), build_target(profile), db, trials=trials,
+                       minutes=minutes, profile=profile, progress=progress, refine=refine)
+
+
+def with_references(recipes: list[Recipe]) -> list[Recipe]:
+    """`recipes` and their references, each distinct variant once."""
+    variants: dict[str, Recipe] = {}
+    for recipe in recipes:
+        for variant in (recipe.reference(), recipe):
+            variants.setdefault(variant.key(), variant)
+    return list(variants.values())
+
+
+def tune_recipes(recipes: list[Recipe], profile: DeviceProfile, ws: Workspace, *, trials: int,
+                 minutes: float | None = None, progress: bool = True, refine: bool = False) -> tuning.TuneReport:
+    """Tune `recipes` and their references (untrained: only their kernels matter)."""
+    return tune_exports(structural_exports(with_references(recipes), ws, progress), profile, ws, trials=trials,
+                        minutes=minutes, progress=progress, refine=refine)
+
+
+def refresh_shipped(profile: DeviceProfile, ws: Workspace, *, trials: int, minutes: float | None,
+                    progress: bool = True, refine: bool = False) -> tuple[tuning.TuneReport | None, Path, int]:
+    """Tune every shipped recipe for `profile` and write the result as the database shipped for its target.
+
+    Returns the tuning report (None with `trials` 0: pack only), the shipped folder and its size in bytes.
+    """
+    exports = structural_exports(with_references([load_recipe(n) for n in available_recipes()]), ws, progress)
+    report = tune_exports(exports, profile, ws, trials=trials, minutes=minutes, progress=progress,
+                          refine=refine) if trials > 0 else None
+    tasks = extract_tasks(tuning_modules(exports, profile), build_target(profile))
+    shipped = database.SHIPPED_DIR / target_key(target_spec(profile))
+    size = database.pack(tuning_database(profile, ws), shipped, [t.dispatched[0] for t in tasks])
+    return report, shipped, size

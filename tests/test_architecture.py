@@ -1,0 +1,84 @@
+"""The import graph of the package: no circles, specs are a leaf, and no stage imports `recipe` back.
+
+Every `import` counts, including those inside functions (a lazy import is still a dependency).
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "harness"
+# The modules that may read recipe files: the command line and the commands that load shipped recipes.
+RECIPE_READERS = {"harness.commands", "harness.tune", "harness.sweep"}
+MAX_LINES = 330
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _graph() -> dict[str, set[str]]:
+    """module → the harness modules it imports (a package import names the package's __init__)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness"):
+                for alias in node.names:  # `from harness.compile import tuning` imports the submodule
+                    sub = f"{node.module}.{alias.name}"
+                    deps.add(sub if sub in modules else node.module)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("harness")}
+        graph[name] = {d for d in deps if d != name and d in modules}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_circle() -> None:
+    assert _cycle(_graph()) is None, " -> ".join(_cycle(_graph()) or [])
+
+
+def test_the_circle_detector_finds_one() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+LEAVES = {"harness.errors", "harness.limits", "harness.schema", "harness.specs", "harness.specs.steps"}
+
+
+@pytest.mark.parametrize("leaf", sorted(LEAVES))
+def test_specs_and_helpers_import_no_stage(leaf: str) -> None:
+    assert _graph()[leaf] <= LEAVES
+
+
+def test_only_the_front_end_imports_recipe() -> None:
+    importers = {m for m, deps in _graph().items() if "harness.recipe" in deps}
+    assert importers <= RECIPE_READERS, importers - RECIPE_READERS
+
+
+def test_no_module_is_oversized() -> None:
+    sizes = {_module_name(p): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}

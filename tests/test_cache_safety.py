@@ -1,0 +1,126 @@
+"""Runs that are killed, run side by side, or find their cache damaged: the results table stays intact, the
+cache is never poisoned, and a damaged entry is rebuilt with one warning line (every kind truncated; the
+library, whose damage would crash the loading process, also garbled and emptied).
+
+Each case runs the CLI as a user does, on a tiny recipe with every kind of cached file (trained model, pruned
+model and its report, fp32 and int8 ONNX, compiled library and its metadata). The slow suite (`tox -e slow`,
+CI) runs them all; the default suite runs one corruption case.
+"""
+
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, TINY_RECIPE, run_cli
+
+RECIPE = {**TINY_RECIPE, "steps": [{"prune": {"ratio": 0.5}}, {"finetune": {"epochs": 1}},
+                                   {"quantize": {"calibration_samples": 16}}]}
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny_int8.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    return path
+
+
+def _start(recipe: Path, results: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "harness", "-q", "run", str(recipe), "--results", str(results)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _rows(results: Path) -> pd.DataFrame:
+    table = results / "results.csv"
+    return pd.read_csv(table) if table.is_file() else pd.DataFrame()
+
+
+def _leftovers(results: Path) -> list[str]:
+    """Temporary files and unfinished run folders under `results`."""
+    temporary = [str(p) for p in results.rglob(".*.tmp*")]
+    unfinished = [str(p) for p in (results / "runs").glob("*") if not (p / "run.json").is_file()]
+    return temporary + unfinished
+
+
+def _complete(rows: pd.DataFrame) -> bool:
+    """Every row has a measured latency and accuracy, and the reference/variant pairs are whole."""
+    return bool(rows.empty or (rows["latency_ms_median"].notna().all() and rows["top1"].notna().all()
+                               and len(rows) % 2 == 0))
+
+
+@pytest.mark.slow
+def test_random_kills_never_corrupt_the_table_or_the_cache(recipe: Path, tmp_path: Path) -> None:
+    """SIGKILL at random moments of a run (training, pruning, quantizing, compiling, measuring, recording):
+    the table stays readable and whole, and the next run succeeds and leaves nothing behind."""
+    results, rng = tmp_path / "results", random.Random(7)
+    for delay in sorted(rng.uniform(2, 40) for _ in range(5)):
+        proc = _start(recipe, results)
+        time.sleep(delay)
+        proc.kill()
+        proc.communicate()
+        assert _complete(_rows(results)), f"after a kill at {delay:.1f} s"
+    before = len(_rows(results))
+    out = run_cli("-q", "run", str(recipe), "--results", str(results))
+    assert out.returncode == 0, out.stderr
+    assert len(_rows(results)) == before + 2 and _complete(_rows(results))
+    assert _leftovers(results) == []
+
+
+@pytest.mark.slow
+def test_concurrent_runs_of_one_recipe_on_a_cold_cache_build_once_and_agree(recipe: Path, tmp_path: Path) -> None:
+    """Two runs of the same recipe started together: both succeed (each artifact checked against its own
+    model), they share one training, and a third run reuses everything."""
+    results = tmp_path / "results"
+    first, second = _start(recipe, results), _start(recipe, results)
+    outs = [p.communicate(timeout=900) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], [err for _, err in outs]
+    rows = _rows(results)
+    assert len(rows) == 4 and (rows["max_abs_diff"] < 0.05).all()
+    assert len(list((results / "cache" / "models").glob("*/model.pt"))) == 1
+    third = run_cli("run", str(recipe), "--results", str(results))
+    assert third.returncode == 0 and "reusing compiled artifact" in third.stderr and "damaged" not in third.stderr
+
+
+CACHED = {  # cached file → where it lies under results/cache
+    "trained model": "models/*/model.pt",
+    "pruned model": "models/*/module.pt",
+    "prune report": "models/*/steps.json",
+    "fp32 ONNX": "onnx/*/model.onnx",
+    "int8 ONNX": "onnx/*/model.int8-*.onnx",
+    "library": "artifacts/x86/*/model.so",
+    "library metadata": "artifacts/x86/*/model.json",
+}
+DAMAGE = {
+    "truncated": lambda data: data[: len(data) // 2],
+    "garbled": lambda data: data[: len(data) // 2] + bytes(b ^ 0x5A for b in data[len(data) // 2:][:64])
+    + data[len(data) // 2 + 64:],
+    "emptied": lambda data: b"",
+}
+
+
+CASES = [(kind, "truncated") for kind in CACHED] + [("library", "garbled"), ("library", "emptied")]
+
+
+@pytest.mark.parametrize(("kind", "damage"), [
+    pytest.param(kind, damage, marks=[] if (kind, damage) == ("library", "truncated") else pytest.mark.slow)
+    for kind, damage in CASES])
+def test_a_damaged_cache_entry_is_rebuilt_with_one_warning(kind: str, damage: str, recipe: Path,
+                                                           tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    assert run_cli("-q", "run", str(recipe), "--results", str(results)).returncode == 0
+    victims = sorted((results / "cache").glob(CACHED[kind]))
+    assert victims, CACHED[kind]
+    for victim in victims:
+        victim.write_bytes(DAMAGE[damage](victim.read_bytes()))
+    out = run_cli("run", str(recipe), "--results", str(results))
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "is damaged" in line]
+    assert 1 <= len(warnings) <= len(victims), out.stderr
+    assert all("building it again" in line for line in warnings)
+    rows = _rows(results)
+    assert len(rows) == 4 and (rows["max_abs_diff"] < 0.05).all()
+    assert _leftovers(results) == []
