@@ -185,6 +185,7 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
 
 
 CHUNK = 24  # tasks tuned together; their records reach the database when their chunk ends
+SECONDS_PER_TRIAL = 1.5  # a first guess (2 cores: ~1.2 s idle), replaced by the session's own rate
 
 
 def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_dir: Path, session: _Session,
@@ -198,6 +199,8 @@ def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_di
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir),
                                                                               strategy=strategy)
     session.stopped = False
+    # MetaSchedule configures its loggers anew in each session: keep its per-trial tables out of the output
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     try:
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
@@ -233,24 +236,29 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
     measured, stopped = 0, False
     if todo and trials > 0:
         per_task = max(8, -(-trials // len(todo)))
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # its per-trial tables
         deadline = start + 60 * minutes if minutes else None
         runner = runner_for(profile) if profile is not None else ms.runner.LocalRunner()
         with tqdm(total=trials, desc="tune", unit="trial", disable=None if progress else True) as bar:
             session = _Session(bar, len(todo), None)
             builder = WarmBuilder(f_export=_cross_export(profile.cross_compiler)
                                   if profile is not None and profile.cross_compiler else None, session=session)
+            began = time.monotonic()
             try:
                 for first in range(0, len(todo), CHUNK):
                     chunk = todo[first:first + CHUNK]
                     if session.trials >= trials:
                         break
-                    if deadline is not None:  # each chunk gets its share of the time left
+                    if deadline is not None:
                         now = time.monotonic()
                         if now >= deadline:
                             stopped = True
                             break
-                        session.deadline = now + (deadline - now) * len(chunk) / (len(todo) - first)
+                        # Its share of the time left, but at least what its first pass takes (a pass cut short
+                        # still searches every task it did not build), and never past the deadline.
+                        per_trial = (now - began) / session.trials if session.trials else SECONDS_PER_TRIAL
+                        first_pass = len(chunk) * min(16, per_task) * per_trial
+                        share = (deadline - now) * len(chunk) / (len(todo) - first)
+                        session.deadline = min(deadline, now + max(share, first_pass))
                     _tune_chunk(chunk, db, db_path, session, builder, runner, per_task,
                                 min(per_task * len(chunk), trials - session.trials))
                     stopped = stopped or session.stopped or session.skipped > 0
