@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import HarnessError
-from harness.limits import check
+from harness.limits import check, require
 from harness.schema import from_dict, load_yaml, shown
 
 DEVICES_DIR = Path(__file__).resolve().parent.parent / "devices"
@@ -103,10 +103,7 @@ class DeviceProfile:
         """Override which GPU a CUDA profile runs on (CLI `--gpu`)."""
         if gpu is None:
             return self
-        try:
-            check("gpu", "--gpu", gpu)
-        except ValueError as exc:
-            raise HarnessError(str(exc)) from None
+        require("gpu", "--gpu", gpu)
         return replace(self, gpu=gpu)
 
     def with_remote(self, *, tracker: str | None = None, direct: str | None = None) -> DeviceProfile:
@@ -148,10 +145,7 @@ def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise HarnessError(f"{what}: expected 'host:port', got {shown(value)}")
-    try:
-        check("port", f"{what}: port", int(port))
-    except ValueError as exc:
-        raise HarnessError(str(exc)) from None
+    require("port", f"{what}: port", int(port))
     return host, int(port)
 
 

@@ -77,6 +77,16 @@ def check(kind: str, name: str, value: float | None) -> None:
         raise ValueError(f"{subject} be in {allowed}, got {value!r}")
 
 
+def require(kind: str, name: str, value: float | None) -> None:
+    """`check` for values given outside a spec (a command-line override): a HarnessError, one line."""
+    from harness.errors import HarnessError
+
+    try:
+        check(kind, name, value)
+    except ValueError as exc:
+        raise HarnessError(str(exc)) from None
+
+
 def flag(kind: str, many: bool = False) -> Callable[[str], float | int | list]:
     """An argparse type for a flag of range `kind` (`many`: a comma-separated list, e.g. --width 1,0.5)."""
     allowed = RANGES[kind]

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.cache import tmp_path
+from harness.cache import locked, tmp_path
 from harness.errors import HarnessError
 from harness.specs import TuningCoverage
 from harness.workspace import RESULTS_DIR, package_versions
@@ -149,18 +147,6 @@ def git_revision(cwd: Path | None = None) -> str:
     return rev + ("+dirty" if dirty else "")
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive lock beside `path`, so parallel runs (a device farm) append one at a time."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def load_results(path: Path | None = None) -> pd.DataFrame:
     """The results table (empty, with the standard columns, when none was written yet)."""
     path = path or RESULTS_DIR / "results.csv"
@@ -180,7 +166,7 @@ def append_rows(rows: Sequence[Row | dict[str, Any]], path: Path | None = None) 
     """Append rows to the table atomically: write a complete new file, then rename it over the old one."""
     path = path or RESULTS_DIR / "results.csv"
     new = pd.DataFrame([_cells(r) for r in rows])
-    with _locked(path):
+    with locked(path):
         old = load_results(path)
         columns = list(COLUMNS) + [c for c in [*old.columns, *new.columns] if c not in COLUMNS]
         frames = [f.reindex(columns=columns) for f in (old, new) if not f.empty]

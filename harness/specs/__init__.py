@@ -12,8 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from harness.errors import HarnessError
-from harness.limits import check
+from harness.limits import check, require
 from harness.schema import content_hash
 from harness.specs.steps import (
     STEP_ALIASES,
@@ -204,18 +203,12 @@ class Recipe:
         """The same recipe evaluated on at most `samples` images (None: unchanged)."""
         if samples is None:
             return self
-        try:
-            check("samples", "--eval-samples", samples)
-        except ValueError as exc:
-            raise HarnessError(str(exc)) from None
+        require("samples", "--eval-samples", samples)
         return replace(self, data=replace(self.data, eval_samples=samples))
 
     def with_batch(self, batch: int) -> Recipe:
         """The same recipe measured at batch size `batch`."""
-        try:
-            check("batch", "batch", batch)
-        except ValueError as exc:
-            raise HarnessError(str(exc)) from None
+        require("batch", "batch", batch)
         return replace(self, measure=replace(self.measure, batch=batch))
 
     def steps_summary(self) -> str:
