@@ -15,6 +15,7 @@ from harness.errors import HarnessError
 from harness.limits import flag
 
 DTYPES = ("fp32", "fp16", "int8")
+FORMATS = ("text", "md", "csv", "json", "html")  # harness compare --format
 
 log = logging.getLogger("harness")
 
@@ -102,6 +103,55 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=flag("repeats"), default=30, help="timed repeats per runtime (default 30)")
     _add_results_arg(bench)
     bench.set_defaults(func=commands.bench)
+
+    build = sub.add_parser("build", help="compile recipes (untrained) for a device and save them with a manifest")
+    build.add_argument("recipe", nargs="+", help="recipe file(s) or name(s)")
+    build.add_argument("--out", required=True, metavar="DIR", help="folder of the saved set (new, or a saved set)")
+    _add_device_arg(build, help="a local CPU device profile (default: x86)", remote=False)
+    _add_results_arg(build)
+    build.set_defaults(func=commands.build)
+
+    check = sub.add_parser("check", help="latency regression gate: same-run A/B against a revision, or a stored "
+                                         "baseline; exit 0 pass, 1 regression, 3 inconclusive, 2 usage error")
+    check.add_argument("recipe", nargs="*", help="recipe file(s) or name(s)")
+    mode = check.add_argument_group("mode (exactly one)")
+    mode.add_argument("--base", metavar="REV|DIR", help="same-run A/B against a git revision (built in a worktree) "
+                                                       "or a saved artifact set (harness build --out DIR)")
+    mode.add_argument("--against", metavar="FILE", help="compare with a baseline written by --save")
+    mode.add_argument("--save", metavar="FILE", help="measure the recipes and write them as a baseline")
+    check.add_argument("--new", metavar="DIR", help="with --base: time this saved set instead of building the "
+                                                    "working tree")
+    check.add_argument("--threshold", type=flag("threshold"), default=0.05,
+                       help="relative change that counts (default 0.05)")
+    check.add_argument("--alpha", type=flag("fraction"), default=0.01,
+                       help="A/B: Mann-Whitney U p-value below which a change is significant (default 0.01)")
+    check.add_argument("--rounds", type=flag("rounds"), default=20, help="A/B: interleaved rounds (default 20)")
+    check.add_argument("--retries", type=flag("retries"), default=2,
+                       help="A/B: measure a noisy comparison again up to N times (default 2)")
+    check.add_argument("--max-acc-drop", type=flag("share"), default=0.005,
+                       help="stored baseline: top-1/top-5 drop that fails (default 0.005)")
+    check.add_argument("--out", metavar="DIR", help="where check.md and check.json go (default results/check/)")
+    _add_device_arg(check, help="a local CPU device profile (default: x86)", remote=False)
+    _add_results_arg(check)
+    check.set_defaults(func=commands.check)
+
+    comp = sub.add_parser("compare", help="every variant beside its baselines: Δtop-1, size, MACs, latency, "
+                                          "speed-up, Pareto front")
+    comp.add_argument("--device", help="only rows of this device (default: every device, each compared apart)")
+    comp.add_argument("--baseline", default="v1_fp32", help="recipe that Δtop-1 and speed-up refer to "
+                                                            "(default v1_fp32)")
+    comp.add_argument("--format", choices=FORMATS, default="text")
+    _add_results_arg(comp)
+    comp.set_defaults(func=commands.compare)
+
+    rep = sub.add_parser("report", help="an HTML page (plots embedded) and Markdown of the results")
+    rep.add_argument("--device", help="only rows of this device")
+    rep.add_argument("--baseline", default="v1_fp32", help="recipe compared against (default v1_fp32)")
+    rep.add_argument("--profile", metavar="RECIPE", help="recipe whose per-kernel latency is shown "
+                                                         "(default: the baseline)")
+    rep.add_argument("--out", metavar="DIR", help="output folder (default results/report/)")
+    _add_results_arg(rep)
+    rep.set_defaults(func=commands.report)
 
     emu = sub.add_parser("emulator", help="emulated aarch64 boards (qemu-user) serving TVM RPC on a local tracker")
     emu.add_argument("action", choices=["setup", "start", "stop", "status"])

@@ -114,6 +114,114 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def build(args: argparse.Namespace) -> int:
+    from harness.artifacts import build_set
+    from harness.recipe import load_recipe
+
+    saved = build_set([load_recipe(r) for r in args.recipe], _profile(args), Path(args.out), _workspace(args),
+                      progress=not args.quiet)
+    for name, artifact in saved.artifacts.items():
+        print(f"{name:<20} {artifact.lib}  ({artifact.tuned_kernels} kernels tuned)")
+    print(f"\nsaved {len(saved.artifacts)} artifact(s) for {saved.device} at revision {saved.git_rev}: {saved.root}")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    from harness import check
+
+    modes = [m for m in ("base", "against", "save") if getattr(args, m)]
+    if len(modes) != 1:
+        raise HarnessError("check: give exactly one of --base REV|DIR (same-run A/B), --against FILE (stored "
+                           "baseline) or --save FILE")
+    ws = _workspace(args)
+    out = Path(args.out) if args.out else ws.root / "check"
+    if args.new and not args.base:
+        raise HarnessError("check: --new DIR goes with --base")
+    if args.base:
+        rows, context = _check_ab(args, ws)
+    else:
+        rows, context = _check_stored(args, ws)
+        if rows is None:
+            return 0
+    print(check.table(rows).to_string(index=False) if rows else "nothing compared")
+    print(check.summary(rows))
+    md, js = check.write_outputs(rows, out, context)
+    print(f"wrote {md} and {js}")
+    return check.exit_code(rows)
+
+
+def _check_ab(args: argparse.Namespace, ws) -> tuple[list, dict]:  # noqa: ANN001
+    import time
+
+    from harness import check
+    from harness.artifacts import build_set, load_set
+    from harness.recipe import load_recipe
+
+    if not args.recipe and not args.new:
+        raise HarnessError("check --base: name the recipes to build, or give --new DIR")
+    started = time.monotonic()
+    saved_base = Path(args.base).is_dir()
+    base = load_set(Path(args.base)) if saved_base else check.resolve_revision(args.base)
+    new = load_set(Path(args.new)) if args.new else build_set(
+        [load_recipe(r) for r in args.recipe], _profile(args), ws.root / "check" / "new", ws, not args.quiet)
+    if not saved_base:
+        base = check.build_at_revision(base, args.recipe or list(new.artifacts), args.device,
+                                       ws.root / "check" / "base", args.quiet)
+    rows = check.ab_check(base, new, rounds=args.rounds, threshold=args.threshold, alpha=args.alpha,
+                          retries=args.retries, progress=not args.quiet)
+    return rows, {"mode": "same-run A/B", "base": f"{args.base} ({base.git_rev})", "new": new.git_rev,
+                  "threads": new.threads, "rounds": args.rounds, "threshold": args.threshold, "alpha": args.alpha,
+                  "wall_s": round(time.monotonic() - started, 1)}
+
+
+def _check_stored(args: argparse.Namespace, ws) -> tuple[list | None, dict]:  # noqa: ANN001
+    from harness import check
+    from harness.pipeline import run_recipe
+    from harness.recipe import load_recipe
+
+    baseline = check.load_baseline(Path(args.against)) if args.against else None
+    names = args.recipe or ([] if baseline is None else sorted(set(baseline["recipe"])))
+    if not names:
+        raise HarnessError("check --save: name the recipes to measure")
+    profile = _profile(args)
+    rows = [row for name in names
+            for row in run_recipe(load_recipe(name), profile, workspace=ws, progress=not args.quiet, record=False)]
+    if baseline is None:
+        print(f"saved the baseline of {len(rows)} row(s) to {check.save_baseline(rows, Path(args.save))}")
+        return None, {}
+    return check.baseline_check(rows, baseline, threshold=args.threshold, max_acc_drop=args.max_acc_drop), {
+        "mode": "stored baseline", "baseline": args.against, "threshold": args.threshold,
+        "max_acc_drop": args.max_acc_drop}
+
+
+def compare(args: argparse.Namespace) -> int:
+    from harness.compare import compare_table, render
+
+    ws = _workspace(args, write=False)
+    frame = compare_table(_table(ws), device=args.device, baseline=args.baseline)
+    print(render(frame, args.format))
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from harness.report import build_report
+
+    ws = _workspace(args)
+    page, md = build_report(_table(ws), Path(args.out) if args.out else ws.root / "report", ws.root / "runs",
+                            device=args.device, baseline=args.baseline, profile=args.profile)
+    print(f"wrote {page} and {md}")
+    return 0
+
+
+def _table(ws):  # noqa: ANN001, ANN202 (Workspace → DataFrame)
+    """The results table of `ws`, or a one-line error when there is none yet."""
+    from harness.results import load_results
+
+    if not ws.table.is_file():
+        raise HarnessError(f"no results table at {ws.table}: run some recipes first (python -m harness run v1_fp32)")
+    return load_results(ws.table)
+
+
 def emulator(args: argparse.Namespace) -> int:
     from harness import emulator
     from harness.device import load_device

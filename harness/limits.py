@@ -59,6 +59,9 @@ RANGES: dict[str, Range] = {
     "seconds": Range(0, 24 * 3600, lo_open=True),
     "gpu": Range(0, 63, integer=True),
     "rows": Range(1, 1_000_000, integer=True),
+    "threshold": Range(0, 10, lo_open=True),  # a relative change, e.g. 0.05 for 5 %
+    "rounds": Range(4, 100_000, integer=True),  # interleaved A/B rounds: the U test needs a few samples a side
+    "retries": Range(0, 100, integer=True),
 }
 
 

@@ -31,6 +31,11 @@ class LatencyStats:
     std_ms: float
     repeats: int
 
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation (std / mean) of the repeats."""
+        return self.std_ms / self.mean_ms if self.mean_ms > 0 else 0.0
+
 
 def latency_stats(seconds: Sequence[float]) -> LatencyStats:
     """The one place statistics are computed: median, mean, p90, min, std (ms) of per-repeat times."""

@@ -84,6 +84,7 @@ class Row:
     latency_ms_min: float | None = None
     latency_ms_std: float | None = None
     repeats: int | None = None
+    latency_cv: float | None = None
     speedup: float | None = None
     torch_latency_ms: float | None = None
     ort_latency_ms: float | None = None
@@ -91,6 +92,10 @@ class Row:
     images_per_s: float | None = None
     torch_fp16_latency_ms: float | None = None
     ort_note: str | None = None
+    torch_cv: float | None = None
+    ort_cv: float | None = None
+    host_busy: float | None = None
+    noisy: str | None = None
     max_abs_diff: float | None = None
     compile_s: float | None = None
     integer_ops: str | None = None
@@ -180,31 +185,47 @@ def append_rows(rows: Sequence[Row | dict[str, Any]], path: Path | None = None) 
     return path
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` as JSON atomically."""
+def write_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` atomically (a complete temporary file renamed over it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
     try:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_table(rows: Sequence[Row], path: Path) -> Path:
-    """Write `rows` as a new CSV table at `path` (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    try:
-        pd.DataFrame([r.as_dict() for r in rows]).to_csv(tmp, index=False)
+        tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as JSON atomically."""
+    write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def write_table(rows: Sequence[Row], path: Path) -> Path:
+    """Write `rows` as a new CSV table at `path` (atomically)."""
+    return write_text(path, pd.DataFrame([r.as_dict() for r in rows]).to_csv(index=False))
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A table as GitHub Markdown (cells as they print, `|` escaped)."""
+    def cell(value: object) -> str:
+        return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else \
+            str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def format_rows(rows: Sequence[Row | dict[str, Any]], columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
-    """Rows as an aligned text table with the most telling columns."""
-    frame = pd.DataFrame([_cells(r) for r in rows]).reindex(columns=list(columns))
+    """Rows as an aligned text table with the most telling columns; rows measured under noise are marked in a
+    `noisy` column and explained below the table."""
+    cells = [_cells(r) for r in rows]
+    reasons = [(c.get("recipe"), c.get("noisy")) for c in cells if isinstance(c.get("noisy"), str)]
+    frame = pd.DataFrame(cells).reindex(columns=list(columns))
+    if reasons:
+        frame["noisy"] = ["yes" if isinstance(c.get("noisy"), str) else None for c in cells]
     frame = frame.astype(object).where(frame.notna(), np.nan).infer_objects()  # None (e.g. no peers) prints as "-"
-    return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+    text = frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+    return "\n".join([text, *(f"noisy: {recipe}: {why}" for recipe, why in reasons)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import logging
 import os
@@ -29,6 +31,15 @@ def package_versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__}
 
 
+@functools.cache
+def compiler_digest() -> str:
+    """SHA-256 of the harness's compile passes (`harness/compile/*.py`)."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).resolve().parent / "compile").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Workspace:
     """The results folder: `results.csv`, `runs/<run_id>/`, and `cache/` (models, ONNX, artifacts)."""
@@ -48,9 +59,10 @@ class Workspace:
         return self.root / "cache" / "onnx" / key
 
     def artifact_path(self, onnx_key: str, device: str, target: str, options: object) -> Path:
-        """Cache path of a compiled artifact: a hash of its inputs, target, options and package versions."""
+        """Cache path of a compiled artifact: a hash of its inputs, target, options, package versions and the
+        compiler's own source (a changed compile pass must not reuse artifacts of the old one)."""
         key = content_hash({"onnx": onnx_key, "target": target, "options": options,
-                            "versions": package_versions()})
+                            "versions": package_versions(), "compiler": compiler_digest()})
         return self.root / "cache" / "artifacts" / device / key / "model.so"
 
     @property

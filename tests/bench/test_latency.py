@@ -2,7 +2,11 @@
 Runtime and PyTorch, on this host, in one run (`tox -e bench`; `harness bench` prints the same as ratios).
 
 Each benchmark's extra_info has `vs_ort`, its median over ONNX Runtime's median for the same recipe (timed
-when the recipe is first prepared, so any subset of the cases runs on its own, e.g. `-k tvm`).
+when the recipe is first prepared, so any subset of the cases runs on its own, e.g. `-k tvm`), and the conditions
+it was measured under: host CPU, TVM target, threads, git revision, and the host's load while it ran.
+
+Regression check between two runs (`tox -e bench` saves each run under .benchmarks/):
+    tox -e bench -- --benchmark-compare --benchmark-compare-fail=median:10%
 """
 
 import statistics
@@ -11,9 +15,12 @@ from dataclasses import replace
 import pytest
 
 from harness.bench import Runners, runners
+from harness.compile.target import build_target
 from harness.device import load_device
 from harness.measure import latency_stats, time_callable
+from harness.noise import cpu_model, watch
 from harness.recipe import load_recipe
+from harness.results import git_revision
 
 pytestmark = pytest.mark.bench
 
@@ -48,6 +55,10 @@ def test_latency(benchmark, prepared, recipe: str, runtime: str) -> None:
     if call is None:
         pytest.skip(f"{runtime} does not apply to {recipe}, or x86 has no tuning database (harness tune)")
     benchmark.group = recipe
-    benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=3)
-    benchmark.extra_info["vs_ort"] = round(statistics.median(benchmark.stats.stats.data) / ort_median, 3)
-    benchmark.extra_info["tuned_kernels"] = str(made.tuned_kernels.get(runtime, ""))
+    with watch() as load:
+        benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=3)
+    profile = load_device("x86")
+    benchmark.extra_info.update(
+        vs_ort=round(statistics.median(benchmark.stats.stats.data) / ort_median, 3),
+        tuned_kernels=str(made.tuned_kernels.get(runtime, "")), host=cpu_model(), target=str(build_target(profile)),
+        threads=made.threads, git_rev=git_revision(), host_busy_cores=round(load.other_cores, 2))

@@ -1,0 +1,86 @@
+"""Compressed variants beside their baselines (`harness compare`): the latest row of each recipe on one device and
+data set, with top-1 and latency against a baseline recipe and the accuracy–latency Pareto front."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.errors import HarnessError
+
+BASELINES = ("v1_fp32", "vgg16_fp32", "resnet18_fp32", "resnet50_fp32")
+COLUMNS = ("device", "dataset", "recipe", "role", "model", "dtype", "width_mult", "resolution", "top1", "delta_top1",
+           "params", "macs", "artifact_bytes", "latency_ms_median", "latency_ms_p90", "speedup", "tuned_kernels",
+           "pareto", "noisy")
+
+
+def latest(table: pd.DataFrame) -> pd.DataFrame:
+    """The last measured row of each recipe per device, data set and batch (references inside runs left out:
+    each baseline recipe stands for itself)."""
+    if table.empty:
+        raise HarnessError("the results table is empty: run some recipes first (python -m harness run v1_fp32)")
+    rows = table[~table["recipe"].astype(str).str.endswith(":reference")]
+    return rows.groupby(["device", "dataset", "batch", "recipe"], dropna=False, sort=False).tail(1)
+
+
+def pareto(top1: pd.Series, latency: pd.Series) -> pd.Series:
+    """Whether each row is on the accuracy–latency front: no other row is at least as accurate and as fast, and
+    better in one of them."""
+    on = []
+    for i in top1.index:
+        dominated = ((top1 >= top1[i]) & (latency <= latency[i]) & ((top1 > top1[i]) | (latency < latency[i])))
+        on.append(not dominated.drop(i).any())
+    return pd.Series(on, index=top1.index)
+
+
+def compare_table(table: pd.DataFrame, *, device: str | None = None, baseline: str = "v1_fp32") -> pd.DataFrame:
+    """Every recipe's latest row beside the baselines, per device and data set: Δtop-1 and speed-up against
+    `baseline` (empty where either has untuned kernels), and the Pareto front among fully tuned rows."""
+    rows = latest(table)
+    if device is not None:
+        if device not in set(rows["device"]):
+            raise HarnessError(f"--device {device}: no results for it (devices in the table: "
+                               f"{', '.join(sorted(map(str, set(rows['device']))))})")
+        rows = rows[rows["device"] == device]
+    if baseline not in set(rows["recipe"]):
+        raise HarnessError(f"--baseline {baseline}: no row of that recipe (recipes in the table: "
+                           f"{', '.join(sorted(map(str, set(rows['recipe']))))})")
+    groups = []
+    for _, group in rows.groupby(["device", "dataset", "batch"], dropna=False, sort=False):
+        group = group.copy()
+        ref = group[group["recipe"] == baseline]
+        tuned = group["tuned_kernels"].astype(str).map(_complete)
+        group["role"] = ["baseline" if r in BASELINES or r == baseline else "variant" for r in group["recipe"]]
+        if ref.empty:
+            group["delta_top1"] = group["speedup"] = float("nan")
+        else:
+            ref_row = ref.iloc[0]
+            group["delta_top1"] = group["top1"] - ref_row["top1"]
+            ref_tuned = _complete(str(ref_row["tuned_kernels"]))
+            group["speedup"] = [ref_row["latency_ms_median"] / lat if ok and ref_tuned else float("nan")
+                                for lat, ok in zip(group["latency_ms_median"], tuned, strict=True)]
+        front = pareto(group.loc[tuned, "top1"], group.loc[tuned, "latency_ms_median"])
+        group["pareto"] = [bool(front.get(i, False)) for i in group.index]
+        groups.append(group)
+    out = pd.concat(groups).reindex(columns=list(COLUMNS))
+    return out.sort_values(["device", "dataset", "role", "latency_ms_median"], ignore_index=True)
+
+
+def _complete(coverage: str) -> bool:
+    tuned, _, total = coverage.partition("/")
+    return tuned.isdigit() and tuned == total
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    """The comparison as text, Markdown, CSV, JSON (records) or an HTML table."""
+    from harness.results import markdown
+
+    shown = frame.astype(object).where(frame.notna(), None)
+    if fmt == "text":
+        return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+    if fmt == "md":
+        return markdown(shown.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v))
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "json":
+        return frame.to_json(orient="records", indent=2)
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-", border=0)

@@ -1,0 +1,103 @@
+"""Is a timing trustworthy? The spread of a timed series and the load other processes put on the host while
+it ran: a series measured on a busy host, or with a large spread, is marked noisy instead of recorded as
+truth (PyTorch on 2 busy cores once timed 1254 ms for an 11 ms model)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MAX_CV = 0.10  # a series whose coefficient of variation (std / mean) is above this is noisy
+MAX_BUSY = 0.25  # other processes using more than this many cores during a series make it noisy
+
+
+def cv(values: Sequence[float]) -> float:
+    """Coefficient of variation (sample std / mean) of a timed series; 0 for fewer than two values."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.std(ddof=1) / a.mean()) if a.size > 1 and a.mean() > 0 else 0.0
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole host spent busy since boot, over every core (user, system, interrupts, and time a
+    hypervisor gave to other guests)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return (t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+            + getattr(t, "steal", 0.0))
+
+
+def _own_seconds() -> float:
+    """CPU seconds this process (all its threads) and its waited-for children used."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+@dataclass(slots=True)
+class Load:
+    """Filled in when a `watch()` block ends: cores other processes kept busy on average during it."""
+
+    other_cores: float = 0.0
+    seconds: float = 0.0
+
+
+@contextmanager
+def watch(clock: Callable[[], float] = time.monotonic) -> Iterator[Load]:
+    """Measure the load other processes put on this host while the block runs (psutil's host-wide CPU times
+    minus this process's own)."""
+    load = Load()
+    host, own, start = _busy_seconds(), _own_seconds(), clock()
+    try:
+        yield load
+    finally:
+        load.seconds = clock() - start
+        if load.seconds > 0:
+            other = (_busy_seconds() - host) - (_own_seconds() - own)
+            load.other_cores = max(0.0, other / load.seconds)
+
+
+@dataclass(slots=True)
+class NoiseLog:
+    """The series of one measurement: each one's name, spread and the host's load during it."""
+
+    cvs: dict[str, float] = field(default_factory=dict)
+    busy: float = 0.0  # the most other cores busy during any series
+
+    def add(self, name: str, spread: float, load: Load) -> None:
+        """Record series `name`: its coefficient of variation and the load while it ran."""
+        self.cvs[name] = spread
+        self.busy = max(self.busy, load.other_cores)
+
+    def reason(self) -> str | None:
+        """Why the measurement is noisy (None when it is not): a busy host, or series with a large spread."""
+        parts = []
+        if self.busy > MAX_BUSY:
+            parts.append(f"host busy: other processes used {self.busy:.2f} cores")
+        spread = [f"{name} CV {value:.0%}" for name, value in self.cvs.items() if value > MAX_CV]
+        if spread:
+            parts.append(", ".join(spread) + f" (> {MAX_CV:.0%})")
+        return "; ".join(parts) or None
+
+
+def cpu_model() -> str:
+    """This host's CPU: model name, family and model numbers (from /proc/cpuinfo, else the platform's name), and
+    its logical CPU count."""
+    import platform
+
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']} model {info['model']})"
+    return f"{name}, {os.cpu_count()} CPUs"

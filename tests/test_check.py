@@ -1,0 +1,172 @@
+"""The regression gate: the A/B decision rule, interleaving, noise, stored baselines and the `check` command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.abtest import Samples, Verdict, interleave, judge
+from harness.check import baseline_check, exit_code, load_baseline, save_baseline
+from harness.errors import HarnessError
+from harness.noise import NoiseLog, watch
+from harness.results import Row, format_rows
+from tests.conftest import REPO, TINY_RECIPE, run_cli
+
+RNG = np.random.default_rng(0)
+
+
+def _samples(base_ms: float, new_ms: float, cv: float = 0.02, n: int = 20, busy: float = 0.0) -> Samples:
+    return Samples(base=list(RNG.normal(base_ms, base_ms * cv, n) / 1e3),
+                   new=list(RNG.normal(new_ms, new_ms * cv, n) / 1e3), other_cores=busy)
+
+
+def test_judge_calls_a_ten_percent_slowdown_a_regression_and_unchanged_the_same() -> None:
+    slow = judge(_samples(10.0, 11.0))
+    assert slow.verdict == Verdict.REGRESSION and slow.p_value < 0.01 and slow.ratio == pytest.approx(1.1, abs=0.02)
+    assert judge(_samples(10.0, 9.0)).verdict == Verdict.FASTER
+    assert judge(_samples(10.0, 10.0)).verdict == Verdict.SAME
+
+
+def test_judge_needs_both_the_threshold_and_significance() -> None:
+    small = judge(_samples(10.0, 10.3, cv=0.002))  # significant, but within 5 %
+    assert small.p_value < 0.01 and small.verdict == Verdict.SAME
+    few = judge(Samples(base=[0.010, 0.014, 0.010, 0.014], new=[0.011, 0.015, 0.011, 0.015], other_cores=0))
+    assert few.ratio > 1.05 and few.p_value >= 0.01 and few.verdict == Verdict.SAME
+
+
+def test_judge_answers_inconclusive_on_a_busy_host_or_a_wide_spread() -> None:
+    assert judge(_samples(10.0, 12.0, busy=1.0)).verdict == Verdict.INCONCLUSIVE
+    wide = judge(_samples(10.0, 10.0, cv=0.5))
+    assert wide.verdict == Verdict.INCONCLUSIVE and "spread" in wide.reason
+
+
+def test_interleave_alternates_the_order_every_round() -> None:
+    order: list[str] = []
+    interleave(lambda: order.append("a"), lambda: order.append("b"), rounds=4, warmup=0)
+    calls = order[4:]  # calls_per_sample runs each side twice first; then each sample is `number` calls of one side
+    number = len(calls) // 8
+    samples = [calls[i * number:(i + 1) * number] for i in range(8)]
+    assert all(len(set(s)) == 1 for s in samples)
+    assert [s[0] for s in samples] == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_watch_sees_another_busy_process() -> None:
+    with watch() as idle:
+        pass
+    spin = subprocess.Popen(["python3", "-c", "while True: pass"])
+    try:
+        with watch() as busy:
+            __import__("time").sleep(1.0)
+    finally:
+        spin.kill()
+    assert busy.other_cores > 0.5 and idle.other_cores >= 0
+
+
+def test_a_noisy_row_is_marked_in_the_printed_table() -> None:
+    log = NoiseLog()
+    with watch() as load:
+        pass
+    load.other_cores = 1.2
+    log.add("tvm", 0.31, load)
+    assert "host busy" in log.reason() and "tvm CV 31%" in log.reason()
+    text = format_rows([Row(recipe="v1_fp32", noisy=log.reason()), Row(recipe="v2_fp32")])
+    assert "yes" in text and "noisy: v1_fp32: host busy" in text and "v2_fp32" not in text.split("noisy:")[1]
+
+
+def _row(**kw: object) -> Row:
+    base = dict(recipe="v1_fp32", device="x86", target="llvm -mcpu=x86-64-v3", threads=2, batch=1,
+                tvm_version="0.27", torch_version="2.14", vs_ort=1.2, top1=0.95, top5=None, params=10, macs=100,
+                artifact_bytes=1000)
+    return Row(**(base | kw))
+
+
+def test_stored_baseline_compares_only_under_the_same_conditions(tmp_path: Path) -> None:
+    path = save_baseline([_row(), _row(recipe="v2_fp32")], tmp_path / "baseline.csv")
+    baseline = load_baseline(path)
+    rows = baseline_check([_row(vs_ort=1.4, top1=0.93), _row(recipe="v2_fp32", threads=4)], baseline)
+    verdicts = {(r.recipe, r.metric): r.verdict for r in rows}
+    assert verdicts[("v1_fp32", "vs_ort")] == Verdict.REGRESSION
+    assert verdicts[("v1_fp32", "top1")] == Verdict.REGRESSION
+    assert verdicts[("v1_fp32", "macs")] == Verdict.SAME
+    skipped = next(r for r in rows if r.recipe == "v2_fp32")
+    assert skipped.verdict == "skipped" and "threads 2 → 4" in skipped.reason
+    assert exit_code(rows) == 1
+    same = baseline_check([_row(), _row(recipe="v1_fp32", noisy="host busy")], baseline)
+    assert exit_code(same[:5]) == 0 and exit_code(same) == 3  # a noisy vs_ort is inconclusive
+
+
+def test_a_baseline_of_another_table_version_is_refused(tmp_path: Path) -> None:
+    old = tmp_path / "old.csv"
+    pd.DataFrame([{"recipe": "v1_fp32", "latency_ms_median": 4.0}]).to_csv(old, index=False)
+    with pytest.raises(HarnessError, match="another table version"):
+        load_baseline(old)
+    with pytest.raises(HarnessError, match="no such file"):
+        load_baseline(tmp_path / "missing.csv")
+
+
+@pytest.fixture(scope="module")
+def tiny_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A tiny recipe saved as a set, and the same recipe four times as wide (same input, ~16× the work)."""
+    root = tmp_path_factory.mktemp("check")
+    (root / "wide").mkdir()
+    recipe = root / "tiny.yaml"
+    recipe.write_text(json.dumps(TINY_RECIPE))
+    (root / "wide" / "tiny.yaml").write_text(json.dumps(TINY_RECIPE | {"model": {"name": "test_mobilenet_v1",
+                                                                                   "width": 1.0}}))
+    for src, out in ((recipe, "set"), (root / "wide" / "tiny.yaml", "wide_set")):
+        done = run_cli("-q", "build", str(src), "--out", str(root / out), "--results", str(root / "res"))
+        assert done.returncode == 0, done.stderr
+    return root, root / "set", root / "wide_set"
+
+
+def test_check_passes_the_same_build_and_writes_markdown_and_json(tiny_sets: tuple[Path, Path, Path]) -> None:
+    root, base, _ = tiny_sets
+    done = run_cli("-q", "check", str(root / "tiny.yaml"), "--base", str(base), "--results", str(root / "res"),
+                   "--out", str(root / "same"))
+    assert done.returncode in (0, 3), done.stderr
+    if done.returncode == 3:
+        assert "busy" in done.stdout or "spread" in done.stdout
+    report = json.loads((root / "same" / "check.json").read_text())
+    assert report["rows"][0]["recipe"] == "tiny" and report["exit_code"] == done.returncode
+    assert "| tiny | x86 | latency_ms |" in (root / "same" / "check.md").read_text()
+
+
+def test_check_catches_a_slower_build(tiny_sets: tuple[Path, Path, Path]) -> None:
+    root, base, wide = tiny_sets
+    done = run_cli("-q", "check", "--base", str(base), "--new", str(wide), "--out", str(root / "slow"))
+    assert done.returncode == 1 or (done.returncode == 3 and "busy" in done.stdout), done.stdout + done.stderr
+    if done.returncode == 1:
+        assert "regression" in done.stdout and "REGRESSION" in done.stdout
+
+
+def test_check_builds_the_base_revision_in_a_worktree(tiny_sets: tuple[Path, Path, Path]) -> None:
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    root, _, _ = tiny_sets
+    done = run_cli("-q", "check", str(root / "tiny.yaml"), "--base", "HEAD", "--results", str(root / "res"),
+                   "--out", str(root / "rev"))
+    if "predates the gate" in done.stderr:
+        pytest.skip("HEAD has no `harness build` yet")
+    assert done.returncode in (0, 3), done.stderr
+    assert "tiny" in done.stdout
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "harness-base-" not in worktrees  # the worktree is removed again
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "exactly one of --base"),
+    (["--base", "HEAD", "--against", "x.csv"], "exactly one of --base"),
+    (["--base", "no-such-revision-xyz", "v1_fp32"], "neither a folder nor a git revision"),
+    (["--against", "/nonexistent/baseline.csv"], "no such file"),
+    (["--base", "/tmp", "--new", "/nonexistent"], "not a saved artifact set"),
+    (["--threshold", "0", "--base", "HEAD"], "--threshold"),
+])
+def test_check_usage_errors_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    done = run_cli("check", *args, "--results", str(tmp_path))
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
+        done.stderr

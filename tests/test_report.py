@@ -1,0 +1,94 @@
+"""`compare` and `report` on a real results table (tiny recipes run end to end), the page checked in headless
+Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.compare import pareto
+from tests.conftest import TINY_RECIPE, run_cli
+
+CHROMIUM = next((c for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results folder with a tiny recipe and a pruned variant of it (the variant's run also measures its
+    reference)."""
+    root = tmp_path_factory.mktemp("report")
+    (root / "tiny.yaml").write_text(json.dumps(TINY_RECIPE))
+    (root / "tiny_pruned.yaml").write_text(json.dumps(TINY_RECIPE | {"steps": [{"prune": {"ratio": 0.5}}]}))
+    for name in ("tiny", "tiny_pruned"):
+        done = run_cli("-q", "run", str(root / f"{name}.yaml"), "--results", str(root / "results"))
+        assert done.returncode == 0, done.stderr
+    return root / "results"
+
+
+def test_pareto_front() -> None:
+    top1 = pd.Series([0.9, 0.8, 0.85, 0.7])
+    latency = pd.Series([10.0, 5.0, 12.0, 5.0])
+    assert pareto(top1, latency).tolist() == [True, True, False, False]
+
+
+def test_compare_puts_variants_beside_the_baseline(results: Path) -> None:
+    done = run_cli("compare", "--baseline", "tiny", "--format", "json", "--results", str(results))
+    assert done.returncode == 0, done.stderr
+    rows = {r["recipe"]: r for r in json.loads(done.stdout)}
+    assert set(rows) == {"tiny", "tiny_pruned"}  # the in-run reference row is not a variant of its own
+    assert rows["tiny"]["delta_top1"] == 0 and rows["tiny_pruned"]["macs"] < rows["tiny"]["macs"]
+    assert rows["tiny"]["speedup"] is None  # untuned kernels: no speed-up is claimed
+    for fmt, marker in (("md", "| device | dataset |"), ("csv", "device,dataset,recipe"), ("html", "<table"),
+                        ("text", "tiny_pruned")):
+        out = run_cli("compare", "--baseline", "tiny", "--format", fmt, "--results", str(results))
+        assert out.returncode == 0 and marker in out.stdout, (fmt, out.stderr)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--baseline", "nope"], "--baseline nope: no row of that recipe"),
+    (["--device", "rpi9", "--baseline", "tiny"], "--device rpi9: no results for it"),
+])
+def test_compare_filters_name_what_is_missing(results: Path, args: list[str], message: str) -> None:
+    done = run_cli("compare", *args, "--results", str(results))
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_compare_and_report_without_results_are_one_line_errors(tmp_path: Path) -> None:
+    for command in ("compare", "report"):
+        done = run_cli(command, "--results", str(tmp_path / "empty"))
+        assert done.returncode == 2 and "no results table" in done.stderr, done.stderr
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.csv").write_text("recipe\n")
+    done = run_cli("compare", "--results", str(tmp_path / "broken"))
+    assert done.returncode == 2 and "empty" in done.stderr
+
+
+def test_report_renders_in_headless_chromium(results: Path, tmp_path: Path) -> None:
+    out = results / "report"
+    done = run_cli("report", "--baseline", "tiny", "--results", str(results))
+    assert done.returncode == 0, done.stderr
+    page = out / "report.html"
+    text = page.read_text()
+    assert len(re.findall(r"<img ", text)) == 5 and "src='data:image/png;base64," in text  # self-contained
+    assert "fused_conv2d" in (out / "report.md").read_text() or (out / "kernels.png").stat().st_size > 0
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this host (Debian: apt-get install chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+             "--virtual-time-budget=5000"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    images = re.findall(r"<img [^>]*>", dom.stdout)
+    assert len(images) == 5, dom.stderr[-2000:]
+    for img in images:
+        assert 'data-decoded="yes"' in img, img[:200]
+        ink = float(re.search(r'data-ink="([0-9.]+)"', img)[1])
+        assert 0.01 < ink < 0.95, (img[:80], ink)  # drawn on, not blank
+    shot = out / "screenshot.png"
+    subprocess.run([CHROMIUM, *flags, "--window-size=1280,4000", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 10_000
