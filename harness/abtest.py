@@ -13,7 +13,7 @@ import numpy as np
 
 from harness.noise import MAX_BUSY, cv, watch
 
-SAMPLE_SECONDS = 0.05  # one timed sample runs the model this long at least (several calls for fast models)
+SAMPLE_SECONDS = 0.1  # one timed sample runs the model this long at least (several calls for fast models)
 MAX_SAMPLE_CV = 0.25  # samples spread wider than this (std / mean) say nothing: inconclusive
 
 
@@ -61,21 +61,19 @@ def _sample(call: Callable[[], object], number: int) -> float:
 
 def interleave(base: Callable[[], object], new: Callable[[], object], rounds: int, warmup: int = 2) -> Samples:
     """`rounds` samples of each, taken ABAB… with the order reversed on alternate rounds (BA in odd rounds), so
-    that a drift of the host (frequency, caches, a neighbour) falls on both alike."""
-    number = max(calls_per_sample(base), calls_per_sample(new))
+    that a drift of the host (frequency, caches, a neighbour) falls on both alike. Each side's samples are as many
+    calls as make `SAMPLE_SECONDS` of it (per-call means, so the two need not run equally often)."""
+    sides = ((base, calls_per_sample(base)), (new, calls_per_sample(new)))
     for _ in range(warmup):
-        _sample(base, number), _sample(new, number)
-    a: list[float] = []
-    b: list[float] = []
+        for call, number in sides:
+            _sample(call, number)
+    taken: tuple[list[float], list[float]] = ([], [])
     with watch() as load:
         for i in range(rounds):
-            if i % 2 == 0:
-                a.append(_sample(base, number))
-                b.append(_sample(new, number))
-            else:
-                b.append(_sample(new, number))
-                a.append(_sample(base, number))
-    return Samples(base=a, new=b, other_cores=load.other_cores)
+            for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+                call, number = sides[side]
+                taken[side].append(_sample(call, number))
+    return Samples(base=taken[0], new=taken[1], other_cores=load.other_cores)
 
 
 def mann_whitney_p(a: list[float], b: list[float]) -> float:

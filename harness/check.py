@@ -140,10 +140,13 @@ def _runner(lib: Path, shape: tuple[int, ...], dtype: str, threads: int | None):
     return LocalExecutor(lib, threads).bind(batch)
 
 
-def ab_check(base: ArtifactSet, new: ArtifactSet, *, rounds: int = 20, threshold: float = 0.05,
+def ab_check(base: ArtifactSet, new: ArtifactSet, *, rounds: int = 30, threshold: float = 0.05,
              alpha: float = 0.01, retries: int = 2, progress: bool = True) -> list[CheckRow]:
     """Time every recipe of `new` against the same recipe of `base` in this process, interleaved; a noisy
     comparison is measured again up to `retries` times before it is called inconclusive."""
+    missing = sorted(set(new.artifacts) - set(base.artifacts))
+    if missing:
+        raise HarnessError(f"the base builds ({base.root}) have no {', '.join(missing)}")
     rows = []
     for name, b in base.artifacts.items():
         if name not in new.artifacts:
@@ -168,9 +171,6 @@ def ab_check(base: ArtifactSet, new: ArtifactSet, *, rounds: int = 20, threshold
         rows.append(CheckRow(recipe=name, device=new.device, metric="latency_ms", base=verdict.base_ms,
                              new=verdict.new_ms, ratio=verdict.ratio, p_value=verdict.p_value,
                              verdict=verdict.verdict, reason=verdict.reason))
-    missing = sorted(set(new.artifacts) - set(base.artifacts))
-    if missing:
-        raise HarnessError(f"the base builds have no {', '.join(missing)}")
     return rows
 
 

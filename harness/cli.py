@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="relative change that counts (default 0.05)")
     check.add_argument("--alpha", type=flag("fraction"), default=0.01,
                        help="A/B: Mann-Whitney U p-value below which a change is significant (default 0.01)")
-    check.add_argument("--rounds", type=flag("rounds"), default=20, help="A/B: interleaved rounds (default 20)")
+    check.add_argument("--rounds", type=flag("rounds"), default=30, help="A/B: interleaved rounds (default 30)")
     check.add_argument("--retries", type=flag("retries"), default=2,
                        help="A/B: measure a noisy comparison again up to N times (default 2)")
     check.add_argument("--max-acc-drop", type=flag("share"), default=0.005,

@@ -2,9 +2,9 @@
 
 Builds MobileNet v1 and v2 (224×224, digits classifier, x86 profile, tuned database) as the base set, an identical
 copy of it (the unchanged case), and a controlled slowdown: the same networks with one block repeated, whose kernels
-are identical to existing tuned ones (v1: one more 512-channel depthwise-separable block at 14×14, +52 M Mult-Adds,
-+9 %; v2: one more 96-channel inverted residual block at 14×14, +23 M, +8 %). Then runs the gate `--runs` times
-against each and writes the verdicts.
+are identical to existing tuned ones (v1: two more 512-channel depthwise-separable blocks at 14×14, +105 M
+Mult-Adds, +18 %; v2: two more 96-channel inverted residual blocks at 14×14, +45 M, +15 %; latency grows less than
+the Mult-Adds, about 10 %). Then runs the gate `--runs` times against each and writes the verdicts.
 
     python scripts/gate_rates.py [--runs 20] [--out results/gate_rates]
 """
@@ -33,12 +33,13 @@ from harness.tune import tuning_database
 from harness.workspace import Workspace
 
 
-def slowed(name: str):  # noqa: ANN201 (nn.Module)
-    """`name` (10 classes) with one block repeated: same kernels as the original's, more of them."""
+def slowed(name: str, repeats: int = 2):  # noqa: ANN201 (nn.Module)
+    """`name` (10 classes) with one block repeated `repeats` more times: the original's kernels, more of them."""
     model = build_model(name, num_classes=10).eval()
     at = 8 if name == "mobilenet_v1" else 13  # v1: a 512→512 block at 14×14; v2: the last 96-channel block
     layers = list(model.features)
-    model.features = type(model.features)(*layers[:at + 1], copy.deepcopy(layers[at]), *layers[at + 1:])
+    copies = [copy.deepcopy(layers[at]) for _ in range(repeats)]
+    model.features = type(model.features)(*layers[:at + 1], *copies, *layers[at + 1:])
     return model
 
 

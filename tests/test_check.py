@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, TINY_RECIPE, run_cli
 
 from harness.abtest import Samples, Verdict, interleave, judge
 from harness.check import baseline_check, exit_code, load_baseline, save_baseline
 from harness.errors import HarnessError
 from harness.noise import NoiseLog, watch
 from harness.results import Row, format_rows
-from tests.conftest import REPO, TINY_RECIPE, run_cli
 
 RNG = np.random.default_rng(0)
 
@@ -45,14 +45,18 @@ def test_judge_answers_inconclusive_on_a_busy_host_or_a_wide_spread() -> None:
     assert wide.verdict == Verdict.INCONCLUSIVE and "spread" in wide.reason
 
 
-def test_interleave_alternates_the_order_every_round() -> None:
+def test_interleave_alternates_the_order_every_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.abtest as abtest
+
     order: list[str] = []
-    interleave(lambda: order.append("a"), lambda: order.append("b"), rounds=4, warmup=0)
-    calls = order[4:]  # calls_per_sample runs each side twice first; then each sample is `number` calls of one side
-    number = len(calls) // 8
-    samples = [calls[i * number:(i + 1) * number] for i in range(8)]
-    assert all(len(set(s)) == 1 for s in samples)
-    assert [s[0] for s in samples] == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+    def sample(call, number: int) -> float:  # noqa: ANN001
+        order.append(call())
+        return 0.001
+
+    monkeypatch.setattr(abtest, "_sample", sample)
+    samples = interleave(lambda: "a", lambda: "b", rounds=4, warmup=0)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"] and len(samples.base) == len(samples.new) == 4
 
 
 def test_watch_sees_another_busy_process() -> None:
@@ -107,6 +111,22 @@ def test_a_baseline_of_another_table_version_is_refused(tmp_path: Path) -> None:
         load_baseline(old)
     with pytest.raises(HarnessError, match="no such file"):
         load_baseline(tmp_path / "missing.csv")
+
+
+def test_check_save_then_against_end_to_end(tiny_sets: tuple[Path, Path, Path]) -> None:
+    root = tiny_sets[0]
+    args = (str(root / "tiny.yaml"), "--results", str(root / "res"), "--out", str(root / "stored"))
+    saved = run_cli("-q", "check", *args[:3], "--save", str(root / "baseline.csv"))
+    assert saved.returncode == 0 and "saved the baseline of 1 row(s)" in saved.stdout, saved.stderr
+    same = run_cli("-q", "check", *args, "--against", str(root / "baseline.csv"))
+    verdicts = {r["metric"]: r["verdict"] for r in json.loads((root / "stored" / "check.json").read_text())["rows"]}
+    assert verdicts["top1"] == "same" and verdicts["macs"] == "same" and verdicts["artifact_bytes"] == "same"
+    assert verdicts["vs_ort"] == "inconclusive" and same.returncode == 3  # untuned kernels leave vs_ort empty
+    baseline = pd.read_csv(root / "baseline.csv")
+    baseline["top1"] += 0.2  # as if the model had been more accurate before
+    baseline.to_csv(root / "better.csv", index=False)
+    worse = run_cli("-q", "check", *args, "--against", str(root / "better.csv"))
+    assert worse.returncode == 1 and "regression" in worse.stdout
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY_RECIPE, run_cli
 
 from harness.compare import pareto
-from tests.conftest import TINY_RECIPE, run_cli
 
 CHROMIUM = next((c for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
 

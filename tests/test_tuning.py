@@ -93,6 +93,7 @@ def test_tune_spec_is_validated_and_not_part_of_the_key() -> None:
         recipe_from_dict(TINY_RECIPE | {"tune": {"trials": -1}}, "tiny")
 
 
+@pytest.mark.slow  # ~5 min on 2 cores: a second real tuning session (the default suite keeps `tuned_conv`'s)
 def test_cli_tune_then_run_uses_the_tuned_schedules(write_recipe, tmp_path: Path) -> None:
     """One real tuning session (16 trials): database written, reused by `run` (whose output is checked
     against PyTorch), and its kernels skipped by the next tuning session."""
