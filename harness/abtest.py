@@ -11,10 +11,10 @@ from enum import StrEnum
 
 import numpy as np
 
-from harness.noise import MAX_BUSY, cv, watch
+from harness.noise import MAX_BUSY, spread, watch
 
 SAMPLE_SECONDS = 0.1  # one timed sample runs the model this long at least (several calls for fast models)
-MAX_SAMPLE_CV = 0.25  # samples spread wider than this (std / mean) say nothing: inconclusive
+MAX_SAMPLE_SPREAD = 0.25  # samples spread wider than this (1.48·MAD/median) say nothing: inconclusive
 
 
 class Verdict(StrEnum):
@@ -89,9 +89,9 @@ def noise_reason(samples: Samples) -> str | None:
     """Why these samples cannot carry a verdict (a busy host, or a spread too wide), or None."""
     if samples.other_cores > MAX_BUSY:
         return f"host busy: other processes used {samples.other_cores:.2f} cores"
-    spread = max(cv(samples.base), cv(samples.new))
-    if spread > MAX_SAMPLE_CV:
-        return f"samples spread {spread:.0%} (> {MAX_SAMPLE_CV:.0%})"
+    widest = max(spread(samples.base), spread(samples.new))
+    if widest > MAX_SAMPLE_SPREAD:
+        return f"samples spread {widest:.0%} (> {MAX_SAMPLE_SPREAD:.0%})"
     return None
 
 

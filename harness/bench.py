@@ -24,6 +24,7 @@ from harness.data import calibration_batches, load_data
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
 from harness.measure import LocalExecutor, latency_stats, ort_session, time_callable
+from harness.noise import NoiseLog, watch
 from harness.results import Conditions, Row, write_table
 from harness.specs import CompileOptions, Recipe, TuningCoverage
 from harness.tune import tuning_database
@@ -112,15 +113,19 @@ def bench_recipe(recipe: Recipe, profile: DeviceProfile, conditions: Conditions,
     """One row per runtime for `recipe` on this host, with `vs_ort` = latency / ONNX Runtime latency."""
     prepared = runners(recipe, profile, workspace=workspace, progress=progress)
     spec = replace(recipe.measure, repeats=repeats)
-    stats = {}
+    stats, noise = {}, {}
     for name, call in prepared.calls.items():
         log.info("%s: timing %s", recipe.name, name)
-        stats[name] = latency_stats(time_callable(call, spec))
+        noise[name] = NoiseLog()
+        with watch() as load:
+            stats[name] = latency_stats(time_callable(call, spec))
+        noise[name].add(name, stats[name].cv, stats[name].spread, load)
     ort_ms = stats["onnxruntime"].median_ms
     target = target_json(build_target(profile))
     return [Row(recipe=recipe.name, dtype=prepared.dtype, model=recipe.model.name, width_mult=recipe.width,
                 resolution=recipe.resolution, runtime=name, latency_ms_median=s.median_ms, latency_ms_min=s.min_ms,
-                repeats=s.repeats, vs_ort=s.median_ms / ort_ms, tuned_kernels=prepared.tuned_kernels.get(name),
+                repeats=s.repeats, latency_cv=s.cv, host_busy=noise[name].busy, noisy=noise[name].reason(),
+                vs_ort=s.median_ms / ort_ms, tuned_kernels=prepared.tuned_kernels.get(name),
                 threads=prepared.threads, batch=spec.batch, device=profile.name, target=target
                 ).stamped(conditions) for name, s in stats.items()]
 

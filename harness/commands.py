@@ -108,8 +108,8 @@ def bench(args: argparse.Namespace) -> int:
 
     rows, path = bench([load_recipe(r) for r in args.recipe], _profile(args), repeats=args.repeats,
                        workspace=_workspace(args), progress=not args.quiet)
-    print(format_rows(rows, ["recipe", "dtype", "runtime", "latency_ms_median", "latency_ms_min", "vs_ort",
-                             "vs_fp32", "tuned_kernels"]))
+    print(format_rows(rows, ["recipe", "dtype", "runtime", "latency_ms_median", "latency_ms_min", "latency_cv",
+                             "vs_ort", "vs_fp32", "tuned_kernels"]))
     print(f"\nwrote {path}")
     return 0
 

@@ -78,7 +78,7 @@ def _timed(name: str, noise: NoiseLog, measure: Callable[[], LatencyStats]) -> f
     """Median ms of the series `measure` times, its spread and the host's load during it logged in `noise`."""
     with watch() as load:
         stats = measure()
-    noise.add(name, stats.cv, load)
+    noise.add(name, stats.cv, stats.spread, load)
     return stats.median_ms
 
 
@@ -122,7 +122,7 @@ def measure_variant(compiled: Compiled, profile: DeviceProfile, splits: DataSpli
     noise = NoiseLog()
     with watch() as load:
         lat = latency_stats(executor.time(batch, spec))
-    noise.add("tvm", lat.cv, load)
+    noise.add("tvm", lat.cv, lat.spread, load)
     threads = profile.thread_count
     peers: dict[str, Any] = {}
     if spec.peers and not profile.is_remote:

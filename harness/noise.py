@@ -13,14 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-MAX_CV = 0.10  # a series whose coefficient of variation (std / mean) is above this is noisy
+MAX_SPREAD = 0.10  # a series whose robust spread (1.4826 · MAD / median) is above this is noisy
 MAX_BUSY = 0.25  # other processes using more than this many cores during a series make it noisy
 
 
-def cv(values: Sequence[float]) -> float:
-    """Coefficient of variation (sample std / mean) of a timed series; 0 for fewer than two values."""
+def spread(values: Sequence[float]) -> float:
+    """Robust relative spread of a timed series: 1.4826 · median absolute deviation / median (the coefficient of
+    variation for normal noise, not inflated by a few outliers); 0 for fewer than two values."""
     a = np.asarray(values, dtype=np.float64)
-    return float(a.std(ddof=1) / a.mean()) if a.size > 1 and a.mean() > 0 else 0.0
+    median = float(np.median(a)) if a.size else 0.0
+    return 1.4826 * float(np.median(np.abs(a - median))) / median if a.size > 1 and median > 0 else 0.0
 
 
 def _busy_seconds() -> float:
@@ -66,12 +68,13 @@ def watch(clock: Callable[[], float] = time.monotonic) -> Iterator[Load]:
 class NoiseLog:
     """The series of one measurement: each one's name, spread and the host's load during it."""
 
-    cvs: dict[str, float] = field(default_factory=dict)
+    cvs: dict[str, float] = field(default_factory=dict)  # coefficient of variation (std / mean), recorded
+    spreads: dict[str, float] = field(default_factory=dict)  # robust spread, judged
     busy: float = 0.0  # the most other cores busy during any series
 
-    def add(self, name: str, spread: float, load: Load) -> None:
-        """Record series `name`: its coefficient of variation and the load while it ran."""
-        self.cvs[name] = spread
+    def add(self, name: str, cv: float, spread: float, load: Load) -> None:
+        """Record series `name`: its coefficient of variation, its robust spread and the load while it ran."""
+        self.cvs[name], self.spreads[name] = cv, spread
         self.busy = max(self.busy, load.other_cores)
 
     def reason(self) -> str | None:
@@ -79,9 +82,9 @@ class NoiseLog:
         parts = []
         if self.busy > MAX_BUSY:
             parts.append(f"host busy: other processes used {self.busy:.2f} cores")
-        spread = [f"{name} CV {value:.0%}" for name, value in self.cvs.items() if value > MAX_CV]
+        spread = [f"{name} spread {value:.0%}" for name, value in self.spreads.items() if value > MAX_SPREAD]
         if spread:
-            parts.append(", ".join(spread) + f" (> {MAX_CV:.0%})")
+            parts.append(", ".join(spread) + f" (1.48·MAD/median > {MAX_SPREAD:.0%})")
         return "; ".join(parts) or None
 
 

@@ -222,7 +222,8 @@ def format_rows(rows: Sequence[Row | dict[str, Any]], columns: Sequence[str] = S
     """Rows as an aligned text table with the most telling columns; rows measured under noise are marked in a
     `noisy` column and explained below the table."""
     cells = [_cells(r) for r in rows]
-    reasons = [(c.get("recipe"), c.get("noisy")) for c in cells if isinstance(c.get("noisy"), str)]
+    reasons = [(" ".join(str(c[k]) for k in ("recipe", "runtime") if isinstance(c.get(k), str)), c["noisy"])
+               for c in cells if isinstance(c.get("noisy"), str)]
     frame = pd.DataFrame(cells).reindex(columns=list(columns))
     if reasons:
         frame["noisy"] = ["yes" if isinstance(c.get("noisy"), str) else None for c in cells]

@@ -76,8 +76,9 @@ def test_a_noisy_row_is_marked_in_the_printed_table() -> None:
     with watch() as load:
         pass
     load.other_cores = 1.2
-    log.add("tvm", 0.31, load)
-    assert "host busy" in log.reason() and "tvm CV 31%" in log.reason()
+    log.add("tvm", 0.9, 0.31, load)
+    log.add("pytorch", 0.9, 0.02, load)  # one slow call: a large CV, a small robust spread
+    assert "host busy" in log.reason() and "tvm spread 31%" in log.reason() and "pytorch" not in log.reason()
     text = format_rows([Row(recipe="v1_fp32", noisy=log.reason()), Row(recipe="v2_fp32")])
     assert "yes" in text and "noisy: v1_fp32: host busy" in text and "v2_fp32" not in text.split("noisy:")[1]
 

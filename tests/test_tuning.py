@@ -55,6 +55,7 @@ def tuned_conv(tmp_path_factory) -> tuple[torch.nn.Module, tvm.IRModule, Path]:
     return model, mod, db
 
 
+@pytest.mark.slow  # needs `tuned_conv`, a real tuning session (~4 min on 2 cores)
 def test_records_are_found_by_workload_whatever_the_cpu_name(tuned_conv) -> None:
     """What makes a database portable: a record tuned for the ISA level is found for this CPU's own model
     name too (MetaSchedule matches workloads, not targets); another thread count is another folder."""
@@ -67,6 +68,7 @@ def test_records_are_found_by_workload_whatever_the_cpu_name(tuned_conv) -> None
     assert database.databases_for_other_threads(four, [db.parent]) == [db.name]
 
 
+@pytest.mark.slow  # needs `tuned_conv`, a real tuning session (~4 min on 2 cores)
 def test_shipped_database_is_packed_small_and_seeds_a_workspace(tuned_conv, tmp_path: Path) -> None:
     _, mod, db = tuned_conv
     shipped = tmp_path / "shipped" / db.name
@@ -138,6 +140,7 @@ def test_cpu_kernels_mark_their_weights_layout_free(tiny_module) -> None:
     assert sum("conv2d" in name for name in marked) >= 5, marked
 
 
+@pytest.mark.slow  # needs `tuned_conv`, a real tuning session (~4 min on 2 cores)
 def test_tuned_convolution_reads_prepacked_weights(tuned_conv) -> None:
     """A tuned schedule rewrites its weight layout; the build repacks the constant weights to match, and the
     output still matches PyTorch."""
