@@ -24,7 +24,7 @@ from harness.data import calibration_batches, load_data
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
 from harness.measure import LocalExecutor, latency_stats, ort_session, time_callable
-from harness.noise import NoiseLog, watch
+from harness.noise import NoiseLog
 from harness.results import Conditions, Row, write_table
 from harness.specs import CompileOptions, Recipe, TuningCoverage
 from harness.tune import tuning_database
@@ -117,9 +117,7 @@ def bench_recipe(recipe: Recipe, profile: DeviceProfile, conditions: Conditions,
     for name, call in prepared.calls.items():
         log.info("%s: timing %s", recipe.name, name)
         noise[name] = NoiseLog()
-        with watch() as load:
-            stats[name] = latency_stats(time_callable(call, spec))
-        noise[name].add(name, stats[name].cv, stats[name].spread, load)
+        stats[name] = noise[name].measure(name, lambda: latency_stats(time_callable(call, spec)))  # noqa: B023 (called at once)
     ort_ms = stats["onnxruntime"].median_ms
     target = target_json(build_target(profile))
     return [Row(recipe=recipe.name, dtype=prepared.dtype, model=recipe.model.name, width_mult=recipe.width,

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from harness.data import make_loader
 from harness.errors import HarnessError
+from harness.noise import spread
 from harness.specs import MeasureSpec
 
 
@@ -29,19 +30,13 @@ class LatencyStats:
     p90_ms: float
     min_ms: float
     std_ms: float
-    mad_ms: float  # median absolute deviation
+    spread: float  # robust relative spread, see `harness.noise.spread`: one slow call does not inflate it
     repeats: int
 
     @property
     def cv(self) -> float:
         """Coefficient of variation (std / mean) of the repeats."""
         return self.std_ms / self.mean_ms if self.mean_ms > 0 else 0.0
-
-    @property
-    def spread(self) -> float:
-        """Robust relative spread of the repeats (see `harness.noise.spread`): one slow call does not inflate it
-        as it does the CV."""
-        return 1.4826 * self.mad_ms / self.median_ms if self.median_ms > 0 else 0.0
 
 
 def latency_stats(seconds: Sequence[float]) -> LatencyStats:
@@ -55,7 +50,7 @@ def latency_stats(seconds: Sequence[float]) -> LatencyStats:
         p90_ms=float(np.percentile(ms, 90)),
         min_ms=float(ms.min()),
         std_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
-        mad_ms=float(np.median(np.abs(ms - np.median(ms)))),
+        spread=spread(ms),
         repeats=int(ms.size),
     )
 

@@ -4,7 +4,6 @@ the PyTorch and ONNX Runtime peers on the same input; the result is one `Row`.""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -17,7 +16,6 @@ from harness.device import DeviceProfile
 from harness.errors import HarnessError
 from harness.measure import (
     Executor,
-    LatencyStats,
     LocalExecutor,
     accuracy,
     gpu_info,
@@ -30,7 +28,7 @@ from harness.measure import (
     torch_latency,
 )
 from harness.models import model_cost
-from harness.noise import NoiseLog, watch
+from harness.noise import NoiseLog
 from harness.results import Row
 from harness.specs import MeasureSpec
 
@@ -74,20 +72,12 @@ def _check_agreement(compiled: Compiled, executor: Executor, batch: np.ndarray) 
     return diff
 
 
-def _timed(name: str, noise: NoiseLog, measure: Callable[[], LatencyStats]) -> float:
-    """Median ms of the series `measure` times, its spread and the host's load during it logged in `noise`."""
-    with watch() as load:
-        stats = measure()
-    noise.add(name, stats.cv, stats.spread, load)
-    return stats.median_ms
-
-
 def _cpu_peers(compiled: Compiled, batch: np.ndarray, spec: MeasureSpec, threads: int | None,
                noise: NoiseLog) -> dict[str, Any]:
     """PyTorch eager and ONNX Runtime on this host's CPU, with the artifact's thread count."""
     model, onnx = compiled.exported.model, compiled.exported.onnx.path
-    return {"torch_latency_ms": _timed("pytorch", noise, lambda: torch_latency(model, batch, spec, threads)),
-            "ort_latency_ms": _timed("onnxruntime", noise, lambda: ort_latency(onnx, batch, spec, threads))}
+    return {"torch_latency_ms": noise.measure("pytorch", lambda: torch_latency(model, batch, spec, threads)).median_ms,
+            "ort_latency_ms": noise.measure("onnxruntime", lambda: ort_latency(onnx, batch, spec, threads)).median_ms}
 
 
 def _gpu_peers(compiled: Compiled, batch: np.ndarray, spec: MeasureSpec, gpu: int, noise: NoiseLog
@@ -96,11 +86,12 @@ def _gpu_peers(compiled: Compiled, batch: np.ndarray, spec: MeasureSpec, gpu: in
     with the GPU's name and versions."""
     model, onnx = compiled.exported.model, compiled.exported.onnx.path
     row: dict[str, Any] = gpu_info(gpu)
-    row["torch_latency_ms"] = _timed("pytorch", noise, lambda: torch_gpu_latency(model, batch, spec, gpu))
-    row["torch_fp16_latency_ms"] = _timed("pytorch fp16", noise,
-                                          lambda: torch_gpu_latency(model, batch, spec, gpu, fp16=True))
+    row["torch_latency_ms"] = noise.measure("pytorch", lambda: torch_gpu_latency(model, batch, spec, gpu)).median_ms
+    row["torch_fp16_latency_ms"] = noise.measure(
+        "pytorch fp16", lambda: torch_gpu_latency(model, batch, spec, gpu, fp16=True)).median_ms
     if ort_has_cuda():
-        row["ort_latency_ms"] = _timed("onnxruntime", noise, lambda: ort_latency(onnx, batch, spec, None, gpu))
+        row["ort_latency_ms"] = noise.measure("onnxruntime",
+                                              lambda: ort_latency(onnx, batch, spec, None, gpu)).median_ms
     else:
         row["ort_latency_ms"], row["ort_note"] = None, "onnxruntime has no CUDA provider (install onnxruntime-gpu)"
     return row
@@ -120,17 +111,16 @@ def measure_variant(compiled: Compiled, profile: DeviceProfile, splits: DataSpli
         spec = replace(spec, repeats=EMULATED_REPEATS, warmup=min(spec.warmup, 1))
     log.info("top-1 %.4f; timing %d repeats", acc.top1, spec.repeats)
     noise = NoiseLog()
-    with watch() as load:
-        lat = latency_stats(executor.time(batch, spec))
-    noise.add("tvm", lat.cv, lat.spread, load)
+    lat = noise.measure("tvm", lambda: latency_stats(executor.time(batch, spec)))
     threads = profile.thread_count
     peers: dict[str, Any] = {}
     if spec.peers and not profile.is_remote:
         peers = _gpu_peers(compiled, batch, spec, profile.gpu_index, noise) if profile.gpu_index is not None \
             else _cpu_peers(compiled, batch, spec, threads, noise)
-    if (reason := noise.reason()) is not None:
+    noisy = noise.reason()
+    if noisy is not None:
         log.warning("%s: noisy measurement (%s); its latencies are not to be trusted: rerun on an idle host",
-                    recipe.name, reason)
+                    recipe.name, noisy)
     cost = model_cost(exported.model, recipe.resolution)
     report = artifact.report
     return Row(
@@ -144,7 +134,7 @@ def measure_variant(compiled: Compiled, profile: DeviceProfile, splits: DataSpli
         latency_ms_median=lat.median_ms, latency_ms_mean=lat.mean_ms, latency_ms_p90=lat.p90_ms,
         latency_ms_min=lat.min_ms, latency_ms_std=lat.std_ms, repeats=lat.repeats, latency_cv=lat.cv,
         torch_cv=noise.cvs.get("pytorch"), ort_cv=noise.cvs.get("onnxruntime"), host_busy=noise.busy,
-        noisy=noise.reason(),
+        noisy=noisy,
         images_per_s=spec.batch / (lat.median_ms / 1e3), max_abs_diff=diff, compile_s=artifact.compile_seconds,
         integer_ops=report.integer_ops, tuned_kernels=report.tuned_kernels, schedules=report.schedules,
         integer_fallback=report.integer_fallback, layout=report.layout, fp16=report.fp16, **peers,

@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
+T = TypeVar("T")
 MAX_SPREAD = 0.10  # a series whose robust spread (1.4826 · MAD / median) is above this is noisy
 MAX_BUSY = 0.25  # other processes using more than this many cores during a series make it noisy
 
@@ -76,6 +78,14 @@ class NoiseLog:
         """Record series `name`: its coefficient of variation, its robust spread and the load while it ran."""
         self.cvs[name], self.spreads[name] = cv, spread
         self.busy = max(self.busy, load.other_cores)
+
+    def measure(self, name: str, timed: Callable[[], T]) -> T:
+        """Run `timed` (a timed series whose result has `.cv` and `.spread`, e.g. `LatencyStats`) under `watch()`
+        and record it as series `name`; returns its result."""
+        with watch() as load:
+            result = timed()
+        self.add(name, result.cv, result.spread, load)
+        return result
 
     def reason(self) -> str | None:
         """Why the measurement is noisy (None when it is not): a busy host, or series with a large spread."""
