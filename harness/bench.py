@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from harness.build import Exported, compile_variant, export_variant, preflight, structural
@@ -26,7 +27,7 @@ from harness.errors import HarnessError
 from harness.measure import LocalExecutor, latency_stats, ort_session, time_callable
 from harness.noise import NoiseLog
 from harness.results import Conditions, Row, write_table
-from harness.specs import CompileOptions, Recipe, TuningCoverage
+from harness.specs import CompileOptions, QuantizeSpec, Recipe, TuningCoverage
 from harness.tune import tuning_database
 from harness.workspace import Workspace
 
@@ -71,6 +72,7 @@ class Runners:
     threads: int | None
     calls: dict[str, Callable[[], object]]
     tuned_kernels: dict[str, TuningCoverage]
+    tuned: Artifact | None  # the "tvm tuned" artifact, profiled per layer kind
 
 
 def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | None = None,
@@ -90,7 +92,7 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
     threads = profile.thread_count
     if threads is not None:
         torch.set_num_threads(threads)
-    calls, kernels = {}, {}
+    calls, kernels, artifacts = {}, {}, {}
     variants = [("", exported.options)]
     if exported.options.integer:  # int8: also the importer's float dequantize→conv→quantize path
         variants.append((" (float QDQ)", replace(exported.options, integer=False)))
@@ -101,16 +103,19 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
                 log.warning("%s: no tuning database for %s; run `harness tune` first", recipe.name, profile.name)
                 break
             name = schedules + suffix
+            artifacts[name] = artifact
             calls[name] = _tvm_runner(artifact, batch, threads)
             kernels[name] = artifact.report.tuned_kernels
     calls["onnxruntime"] = _ort_runner(exported, batch, threads)
     calls["pytorch"] = _torch_runner(exported, batch)  # eager fp32 (int8 exists only as the ONNX QDQ model)
-    return Runners(recipe=recipe, dtype=exported.dtype, threads=threads, calls=calls, tuned_kernels=kernels)
+    return Runners(recipe=recipe, dtype=exported.dtype, threads=threads, calls=calls, tuned_kernels=kernels,
+                   tuned=artifacts.get("tvm tuned"))
 
 
 def bench_recipe(recipe: Recipe, profile: DeviceProfile, conditions: Conditions, *, repeats: int = 30,
-                 workspace: Workspace | None = None, progress: bool = True) -> list[Row]:
-    """One row per runtime for `recipe` on this host, with `vs_ort` = latency / ONNX Runtime latency."""
+                 workspace: Workspace | None = None, progress: bool = True) -> tuple[list[Row], Artifact | None]:
+    """One row per runtime for `recipe` on this host, with `vs_ort` = latency / ONNX Runtime latency, and
+    the tuned TVM artifact (None without a database)."""
     prepared = runners(recipe, profile, workspace=workspace, progress=progress)
     spec = replace(recipe.measure, repeats=repeats)
     stats, noise = {}, {}
@@ -125,7 +130,7 @@ def bench_recipe(recipe: Recipe, profile: DeviceProfile, conditions: Conditions,
                 repeats=s.repeats, latency_cv=s.cv, host_busy=noise[name].busy, noisy=noise[name].reason(),
                 vs_ort=s.median_ms / ort_ms, tuned_kernels=prepared.tuned_kernels.get(name),
                 threads=prepared.threads, batch=spec.batch, device=profile.name, target=target
-                ).stamped(conditions) for name, s in stats.items()]
+                ).stamped(conditions) for name, s in stats.items()], prepared.tuned
 
 
 def with_fp32_ratios(rows: list[Row]) -> list[Row]:
@@ -144,12 +149,52 @@ def with_fp32_ratios(rows: list[Row]) -> list[Row]:
     return out
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BenchResult:
+    """The rows of a bench, the CSV they were written to, and per int8 model benched beside its fp32 model
+    the tuned TVM milliseconds per layer kind of both (harness.profile.compare_kinds)."""
+
+    rows: list[Row]
+    path: Path
+    layer_kinds: dict[str, pd.DataFrame]
+
+
+def _float_twin(recipe: Recipe) -> tuple:
+    """What an int8 recipe and the fp32 recipe it is compared with share: the model and every step but
+    quantization."""
+    return (recipe.model, recipe.width, recipe.resolution,
+            tuple(s for s in recipe.compression_steps if not isinstance(s, QuantizeSpec)))
+
+
+def _layer_kinds(tuned: list[tuple[Recipe, str, Artifact]], threads: int | None) -> dict[str, pd.DataFrame]:
+    """Per layer kind, the tuned int8 artifact of each model against its fp32 one, where both were benched."""
+    from harness.profile import compare_kinds, kernel_times
+
+    def profile(artifact: Artifact) -> pd.DataFrame:
+        return kernel_times(artifact.path, artifact.input_shape, threads=threads, layout=artifact.report.layout)
+
+    fp32 = {_float_twin(recipe): (recipe, artifact) for recipe, dtype, artifact in tuned if dtype == "fp32"}
+    tables = {}
+    for recipe, dtype, artifact in tuned:
+        if dtype == "int8" and (twin := fp32.get(_float_twin(recipe))) is not None:
+            tables[f"{twin[0].name} vs {recipe.name}"] = compare_kinds(profile(twin[1]), profile(artifact),
+                                                                       ("fp32", "int8"))
+    return tables
+
+
 def bench(recipes: list[Recipe], profile: DeviceProfile, *, repeats: int = 30, workspace: Workspace | None = None,
-          progress: bool = True) -> tuple[list[Row], Path]:
-    """Bench every recipe in one process; returns the rows and the CSV written under `results/bench/`."""
+          progress: bool = True) -> BenchResult:
+    """Bench every recipe in one process; the rows are also written as a CSV under `results/bench/`."""
     ws = workspace or Workspace()
     run_id = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     conditions = Conditions.now(run_id)
-    rows = with_fp32_ratios([row for r in recipes for row in bench_recipe(r, profile, conditions, repeats=repeats,
-                                                                          workspace=ws, progress=progress)])
-    return rows, write_table(rows, ws.root / "bench" / f"{run_id}.csv")
+    rows, tuned = [], []
+    for recipe in recipes:
+        recipe_rows, artifact = bench_recipe(recipe, profile, conditions, repeats=repeats, workspace=ws,
+                                             progress=progress)
+        rows += recipe_rows
+        if artifact is not None:
+            tuned.append((recipe, recipe_rows[0].dtype, artifact))
+    rows = with_fp32_ratios(rows)
+    path = write_table(rows, ws.root / "bench" / f"{run_id}.csv")
+    return BenchResult(rows=rows, path=path, layer_kinds=_layer_kinds(tuned, profile.thread_count))

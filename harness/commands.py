@@ -106,11 +106,14 @@ def bench(args: argparse.Namespace) -> int:
     from harness.recipe import load_recipe
     from harness.results import format_rows
 
-    rows, path = bench([load_recipe(r) for r in args.recipe], _profile(args), repeats=args.repeats,
-                       workspace=_workspace(args), progress=not args.quiet)
-    print(format_rows(rows, ["recipe", "dtype", "runtime", "latency_ms_median", "latency_ms_min", "latency_cv",
-                             "vs_ort", "vs_fp32", "tuned_kernels"]))
-    print(f"\nwrote {path}")
+    result = bench([load_recipe(r) for r in args.recipe], _profile(args), repeats=args.repeats,
+                   workspace=_workspace(args), progress=not args.quiet)
+    print(format_rows(result.rows, ["recipe", "dtype", "runtime", "latency_ms_median", "latency_ms_min",
+                                    "latency_cv", "vs_ort", "vs_fp32", "tuned_kernels"]))
+    for pair, kinds in result.layer_kinds.items():
+        print(f"\nTVM tuned, ms per inference by layer kind ({pair}; kernels timed one by one):")
+        print(kinds.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nwrote {result.path}")
     return 0
 
 

@@ -65,7 +65,7 @@ class DeviceProfile:
     target: dict[str, Any]  # TVM target as a JSON dict; "mcpu: native" means this host's CPU
     host_target: dict[str, Any] | None = None  # for GPU targets, the CPU side
     threads: int | Literal["auto"] | None = None  # auto/None: all physical cores (harness.compile.target)
-    layout: ConvLayout = ConvLayout.NCHW  # of float convolutions (int8 integer ones stay NCHW)
+    layout: ConvLayout = ConvLayout.NCHW  # of the convolutions, float and integer
     gpu: int = 0  # CUDA targets: which GPU of this host (CLI --gpu)
     cross_compiler: str | None = None  # C compiler that links the shared library (e.g. aarch64-linux-gnu-gcc)
     remote: RemoteSpec | None = None  # None: run on this host

@@ -150,7 +150,8 @@ def profile_row(rows: pd.DataFrame, recipe: str, runs_dir: Path) -> tuple[pd.Dat
         return None, f"{recipe}: no local artifact to profile"
     shape = (int(row["batch"]), 3, int(row["resolution"]), int(row["resolution"]))
     threads = None if pd.isna(row["threads"]) else int(row["threads"])
-    kernels = kernel_times(libs[-1], shape, threads=threads)
+    layout = str(row["layout"]) if "layout" in row and isinstance(row["layout"], str) else "NCHW"
+    kernels = kernel_times(libs[-1], shape, threads=threads, layout=layout)
     return kernels, f"{recipe} ({libs[-1].name}, run {row['run_id']}, {threads} threads, this host)"
 
 

@@ -39,7 +39,7 @@ def test_integer_artifact_agrees_with_onnxruntime(symmetric: bool, tmp_path: Pat
     _, report = integerize(import_onnx(dep.onnx))
     assert report.integer_ops == 10 and report.float_ops == 0  # every conv and the classifier of the tiny v1
     artifact = compile_onnx(dep.onnx, load_device("x86"), tmp_path / "int8.so", options=dep.options)
-    assert artifact.report.integer_ops == "10/10"
+    assert artifact.report.integer_ops == "10/10" and artifact.report.layout == "NHWC"
     tvm_run = LocalExecutor(artifact.path, threads=2).run
     # ONNX Runtime's fused integer kernels are exact where the CPU has VNNI; without it they saturate 16-bit
     # sums, and the reference is the QDQ model run as written (float convolutions), whose rounding of the

@@ -1,5 +1,6 @@
 """MetaSchedule tuning: a real (small) tuning session on a tiny model, its database reused by compiles."""
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -129,6 +130,24 @@ def test_time_budget_stops_tuning_and_keeps_what_was_measured(tmp_path: Path) ->
     assert report.coverage.tuned > 0
     records = (tmp_path / "db" / database.RECORDS).read_text().splitlines()
     assert len(records) <= 2 * report.coverage.tuned  # compacted: the best two per kernel
+
+
+def test_meta_schedule_configures_its_loggers_beside_a_foreign_handler(tmp_path: Path) -> None:
+    """A session after something in the process gave MetaSchedule's logger an unnamed handler (seen in CI,
+    after the emulator tests) configures its loggers instead of failing inside `logging.config`."""
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+    logger = logging.getLogger(tuning.META_SCHEDULE_LOGGER)
+    foreign = logging.NullHandler()
+    logger.addHandler(foreign)
+    try:
+        with pytest.raises(AttributeError):  # what TVM does with it
+            get_loggers_from_work_dir(str(tmp_path / "a"), ["task"])
+        assert tuning.release_foreign_log_handlers() == [foreign]
+        (task_logger,) = get_loggers_from_work_dir(str(tmp_path / "b"), ["task"])
+        assert foreign not in logger.handlers and task_logger.handlers
+    finally:
+        logger.removeHandler(foreign)
 
 
 def test_cpu_kernels_mark_their_weights_layout_free(tiny_module) -> None:

@@ -19,7 +19,7 @@ from tvm.relax.frontend.onnx import from_onnx
 from harness import cache
 from harness.compile import database as tuning_db
 from harness.compile import kernels
-from harness.compile.integer import integerize, qparams_as_buffers
+from harness.compile.integer import integerize, qdq_as_elementwise
 from harness.compile.layout import clip_as_relax_ops, convert_layout
 from harness.compile.target import build_target, target_json
 from harness.device import ConvLayout, DeviceProfile
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class CompileReport:
     """What the compiler did to a model, recorded in its results row."""
 
-    layout: str  # of the float convolutions
+    layout: str  # of the convolutions
     tuned_kernels: TuningCoverage
     fp16: bool | None = None  # True: computed in float16
     integer_ops: str | None = None  # "k/n" convolutions and dense layers integer
@@ -129,8 +129,8 @@ def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
                    options: CompileOptions | None = None, notes: dict[str, Any] | None = None) -> tvm.IRModule:
     """The Relax module that is compiled (and tuned): the imported ONNX graph, weights bound as constants.
 
-    `layout`: of the float convolutions (harness.compile.layout); integer ones stay NCHW, since Relax cannot
-    convert the layout of the quantize ops around them.
+    `layout`: of the convolutions, float and integer (harness.compile.layout); quantize and dequantize ops
+    are written as elementwise ops first (harness.compile.integer.qdq_as_elementwise), which follow it.
     `options.fp16`: convolutions and matrix products computed in float16 (Relax ToMixedPrecision).
     `options.integer`: a QDQ model's quantized convolutions become integer ones (harness.compile.integer).
     What was done is added to `notes` (CompileReport fields).
@@ -138,18 +138,17 @@ def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
     options = options or CompileOptions()
     mod = import_onnx(model)
     notes = notes if notes is not None else {}
-    layout = ConvLayout.NCHW if options.integer else layout
-    mod = convert_layout(mod, layout)
-    notes["layout"] = str(layout)
-    if options.fp16:
-        mod = tvm.relax.transform.ToMixedPrecision(out_dtype="float16")(clip_as_relax_ops(mod))
-        notes["fp16"] = True
-    if options.integer:
+    if options.integer:  # matched on the imported graph, whose layout the patterns assume
         mod, report = integerize(mod)
         total = report.integer_ops + report.float_ops
         notes["integer_ops"] = f"{report.integer_ops}/{total}"
         log.info("integer int8: %d of %d convolutions and dense layers integer", report.integer_ops, total)
-    return qparams_as_buffers(mod)
+    mod = convert_layout(qdq_as_elementwise(mod), layout)
+    notes["layout"] = str(layout)
+    if options.fp16:
+        mod = tvm.relax.transform.ToMixedPrecision(out_dtype="float16")(clip_as_relax_ops(mod))
+        notes["fp16"] = True
+    return mod
 
 
 def _build(mod: tvm.IRModule, target: tvm.target.Target, database: Path | None, model: OnnxModel,

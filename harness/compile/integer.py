@@ -64,6 +64,27 @@ def _np(expr: relax.Expr) -> np.ndarray:
     return expr.value.numpy()
 
 
+def _per_tensor(param: relax.Expr) -> float | None:
+    """The value of a constant quantization parameter with one element, else None."""
+    if isinstance(param, tvm.ir.expr.Constant) and _np(param).size == 1:
+        return float(_np(param).reshape(-1)[0])
+    return None
+
+
+def _filled(value: float | np.ndarray, rank: int) -> relax.Expr:
+    """A float32 constant operand of rank `rank`: one value, or one per channel (the second axis)."""
+    value = np.asarray(value, dtype=np.float32).reshape(-1)
+    return relax.const(value.reshape((1, value.size) + (1,) * (rank - 2)))
+
+
+def _quantized(y: relax.Expr, zero: float, out_dtype: str, rank: int) -> relax.Expr:
+    """clip(round(y) + zero) in `out_dtype`'s range, cast to it: relax.quantize after its division."""
+    limits = np.iinfo(out_dtype)
+    y = relax.op.add(relax.op.round(y), _filled(zero, rank))
+    y = relax.op.minimum(relax.op.maximum(y, _filled(limits.min, rank)), _filled(limits.max, rank))
+    return relax.op.astype(y, out_dtype)
+
+
 def _requantize(call: relax.Call, m: dict, vars_: dict, integer_op, rank: int) -> relax.Expr:  # noqa: ANN001
     """The integer version of the matched `call`; `integer_op(x_q, zx, w_q)` builds the int32 operation,
     whose output has `rank` dimensions, channels second.
@@ -85,11 +106,14 @@ def _requantize(call: relax.Call, m: dict, vars_: dict, integer_op, rank: int) -
     acc = integer_op(x_q, zx, w_q)
     if acc is None:
         return call
-    as_channels = (1, channels) + (1,) * (rank - 2)
-    y = relax.op.add(relax.op.multiply(relax.op.astype(acc, "float32"),
-                                       relax.const(scale.reshape(as_channels).astype(np.float32))),
-                     relax.const(offset.reshape(as_channels).astype(np.float32)))
-    return relax.op.quantize(y, call.args[1], call.args[2], axis=call.attrs.axis, out_dtype=str(call.attrs.out_dtype))
+    acc = relax.op.astype(acc, "float32")
+    out_dtype, sy, zy = str(call.attrs.out_dtype), _per_tensor(call.args[1]), _per_tensor(call.args[2])
+    if sy is None or zy is None:  # the output quantized per channel: a quantize op
+        y = relax.op.add(relax.op.multiply(acc, _filled(scale, rank)), _filled(offset, rank))
+        return relax.op.quantize(y, call.args[1], call.args[2], axis=call.attrs.axis, out_dtype=out_dtype)
+    # quantize(acc·scale + offset, sy, zy), its division by sy folded into the per-channel constants
+    y = relax.op.add(relax.op.multiply(acc, _filled(scale / sy, rank)), _filled(offset / sy, rank))
+    return _quantized(y, zy, out_dtype, rank)
 
 
 def _rewrite_conv(call: relax.Call, m: dict, vars_: dict) -> relax.Expr:  # noqa: ANN001
@@ -98,10 +122,12 @@ def _rewrite_conv(call: relax.Call, m: dict, vars_: dict) -> relax.Expr:  # noqa
         return call
 
     def conv(x_q: relax.Expr, zx: int, w_q: np.ndarray) -> relax.Expr:
-        top, left, bottom, right = (int(p) for p in attrs.padding)
-        if top or left or bottom or right:  # pad with the zero point: the offset's correction stays exact
+        padding = [int(p) for p in attrs.padding]
+        if zx != 0 and any(padding):  # pad with the zero point: the offset's correction stays exact
+            top, left, bottom, right = padding
             x_q = relax.op.nn.pad(x_q, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx))
-        return relax.op.nn.conv2d(x_q, relax.const(w_q), strides=attrs.strides, padding=[0, 0, 0, 0],
+            padding = [0, 0, 0, 0]
+        return relax.op.nn.conv2d(x_q, relax.const(w_q), strides=attrs.strides, padding=padding,
                                   dilation=attrs.dilation, groups=attrs.groups, out_dtype="int32")
 
     return _requantize(call, m, vars_, conv, rank=4)
@@ -152,33 +178,37 @@ def integerize(mod: tvm.IRModule) -> tuple[tvm.IRModule, IntegerReport]:
 
 
 @relax.expr_functor.mutator
-class _QParamsAsBuffers(relax.PyExprMutator):
-    """Scalar quantize/dequantize parameters reshaped to one-element tensors (see `qparams_as_buffers`)."""
+class _QdqAsElementwise(relax.PyExprMutator):
+    """Per-tensor quantize/dequantize ops written as Relax elementwise ops (see `qdq_as_elementwise`)."""
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 (TVM's visitor naming)
         call = super().visit_call_(call)
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name in ("relax.quantize", "relax.dequantize")):
             return call
-        data, *params = call.args
-        if not any(isinstance(p, tvm.ir.expr.Constant) and _np(p).ndim == 0 for p in params):
-            return call
-        scale, zero = (relax.const(_np(p).reshape(1).astype(dtype))
-                       if isinstance(p, tvm.ir.expr.Constant) and _np(p).ndim == 0 else p
-                       for p, dtype in zip(params, ("float32", "int32"), strict=True))
-        make = relax.op.quantize if call.op.name == "relax.quantize" else relax.op.dequantize
-        return make(data, scale, zero, axis=int(call.attrs.axis), out_dtype=str(call.attrs.out_dtype))
+        data, scale, zero = call.args
+        scale, zero = _per_tensor(scale), _per_tensor(zero)
+        if scale is None or zero is None:
+            return call  # per-channel (the weights of the float path): kept as the op
+
+        rank = len(data.ty.shape)
+        if call.op.name == "relax.dequantize":  # scale · (x − zero)
+            return relax.op.multiply(relax.op.subtract(relax.op.astype(data, "float32"), _filled(zero, rank)),
+                                     _filled(scale, rank))
+        return _quantized(relax.op.divide(data, _filled(scale, rank)), zero, str(call.attrs.out_dtype), rank)
 
 
-def qparams_as_buffers(mod: tvm.IRModule) -> tvm.IRModule:
-    """Pass the scales and zero points of quantize/dequantize ops to their kernels as data, not as literals.
+def qdq_as_elementwise(mod: tvm.IRModule) -> tvm.IRModule:
+    """`mod` with its per-tensor quantize and dequantize ops as elementwise ops with tensor operands.
 
-    Relax's legalization writes a scalar scale or zero point into the kernel's code as a literal, so each
-    kernel's tuning workload would depend on the calibrated values: a model trained on another machine (or
-    recalibrated) would find none of its kernels in a tuning database. As one-element tensors they are
-    kernel arguments like the weights, and the workloads depend on the network's structure alone.
+    Two reasons. ConvertLayout has no layout rule for quantize/dequantize: it would transpose back to NCHW
+    around each of them, while elementwise ops follow the convolutions into NHWC. And Relax's legalization
+    writes a scalar scale or zero point into the kernel's code as a literal, so each kernel's tuning
+    workload would depend on the calibrated values (a recalibrated model would find none of its kernels in
+    a tuning database); as tensor operands they are kernel arguments like the weights, and the workloads
+    depend on the network's structure alone.
     """
     out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
     for gvar, func in mod.functions.items():
         if isinstance(func, relax.Function):
-            out[gvar] = _QParamsAsBuffers().visit_expr(func)
+            out[gvar] = _QdqAsElementwise().visit_expr(func)
     return relax.transform.Normalize()(out)

@@ -188,6 +188,23 @@ CHUNK = 24  # tasks tuned together; their records reach the database when their 
 SECONDS_PER_TRIAL = 1.5  # a first guess (2 cores: ~1.2 s idle), replaced by the session's own rate
 
 
+META_SCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
+
+
+def release_foreign_log_handlers() -> list[logging.Handler]:
+    """Detach the handlers without a name from MetaSchedule's logger, and return them.
+
+    Each session configures that logger anew with `logging.config.dictConfig`, listing the handlers it
+    already has by name: an unnamed one (added by anything else in the process) makes it fail with
+    "'NoneType' object has no attribute 'format'". The new configuration would replace them anyway.
+    """
+    logger = logging.getLogger(META_SCHEDULE_LOGGER)
+    foreign = [h for h in logger.handlers if h.get_name() is None]
+    for handler in foreign:
+        logger.removeHandler(handler)
+    return foreign
+
+
 def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_dir: Path, session: _Session,
                 builder: WarmBuilder, runner: ms.runner.Runner, per_task: int, trials: int) -> None:
     """One MetaSchedule session over `tasks`. Its scheduler measures a first pass over all of them before
@@ -196,11 +213,12 @@ def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_di
         return
     strategy = ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32,
                                                      genetic_num_iters=3)
+    release_foreign_log_handlers()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir),
                                                                               strategy=strategy)
     session.stopped = False
     # MetaSchedule configures its loggers anew in each session: keep its per-trial tables out of the output
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    logging.getLogger(META_SCHEDULE_LOGGER).setLevel(logging.WARNING)
     try:
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
