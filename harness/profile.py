@@ -15,21 +15,35 @@ KINDS = (("matmul", "dense"), ("dense", "dense"), ("pool", "pooling"), ("mean", 
          ("transpose", "layout"), ("layout_transform", "layout"), ("quantize", "quantize"), ("add", "elementwise"))
 
 
-def conv_kind(weight_shape: tuple[int, ...], layout: str) -> str:
-    """`1x1 convolution`, `depthwise convolution` or `KxK convolution`, from a kernel's weight shape (HWIO for
-    NHWC convolutions, OIHW for NCHW ones)."""
-    kh, kw, in_per_group = (weight_shape[0], weight_shape[1], weight_shape[2]) if layout == "NHWC" else \
-        (weight_shape[2], weight_shape[3], weight_shape[1])
-    if kh == kw == 1:
-        return "1x1 convolution"
-    return "depthwise convolution" if in_per_group == 1 else f"{kh}x{kw} convolution"
+WINDOWS = (1, 3, 5, 7)  # the convolution windows the kinds name
 
 
-def kind_of(kernel: str, weight_shape: tuple[int, ...] | None = None, layout: str = "NHWC") -> str:
+def conv_kind(args: list[tuple[int, ...]], layout: str) -> str:
+    """`1x1 convolution`, `depthwise convolution` or `KxK convolution`, from the shapes of a convolution
+    kernel's arguments, its output last. Tuned schedules repack weights into their own layouts, so the
+    weight is read by its size (kh·kw·C_in/groups·C_out: the largest argument not shaped like the output),
+    and the input is the first 4-D argument whose channels make that size a known window (a fused residual,
+    shaped like the output, may come first)."""
+    channel = -1 if layout == "NHWC" else 1
+    out, c_out = args[-1], args[-1][channel]
+    for i, data in enumerate(args[:-1]):
+        sizes = [int(np.prod(shape)) for j, shape in enumerate(args[:-1]) if j != i and shape != out]
+        if len(data) != 4 or not sizes:
+            continue
+        weight, c_in = max(sizes), data[channel]
+        if c_in == c_out and any(weight == k * k * c_out for k in WINDOWS[1:]):
+            return "depthwise convolution"
+        side = next((k for k in WINDOWS if weight == k * k * c_in * c_out), None)
+        if side is not None:
+            return f"{side}x{side} convolution"
+    return "convolution"
+
+
+def kind_of(kernel: str, args: list[tuple[int, ...]] | None = None, layout: str = "NHWC") -> str:
     """The layer kind of a fused kernel, from its name (`fused_conv2d3_add2_relu2` → convolution), refined
-    for convolutions by their weight shape."""
+    for convolutions by the shapes of their arguments (`conv_kind`)."""
     if "conv2d" in kernel:
-        return conv_kind(weight_shape, layout) if weight_shape is not None and len(weight_shape) == 4 \
+        return conv_kind(args, layout) if args and len(args) > 2 and all(len(a) == 4 for a in (args[0], args[-1])) \
             else "convolution"
     return next((kind for key, kind in KINDS if key in kernel), "other")
 
@@ -51,12 +65,12 @@ def kernel_times(lib: Path, input_shape: tuple[int, ...], dtype: str = "float32"
     spent: defaultdict[str, float] = defaultdict(float)
     calls: Counter[str] = Counter()
     started: dict[str, float] = {}
-    weights: dict[str, tuple[int, ...]] = {}  # a kernel's second argument: a convolution's weight
+    shapes: dict[str, list[tuple[int, ...]]] = {}  # of each kernel's arguments, outputs last
 
     def instrument(_func: object, symbol: str, before: bool, _ret: object, *args: object) -> int:
         if before:
-            if symbol not in weights and len(args) > 1 and hasattr(args[1], "shape"):
-                weights[symbol] = tuple(int(d) for d in args[1].shape)
+            if symbol not in shapes:
+                shapes[symbol] = [tuple(int(d) for d in a.shape) for a in args if hasattr(a, "shape")]
             started[symbol] = time.perf_counter()
         else:
             spent[symbol] += time.perf_counter() - started.pop(symbol)
@@ -66,7 +80,7 @@ def kernel_times(lib: Path, input_shape: tuple[int, ...], dtype: str = "float32"
     vm.set_instrument(instrument)
     for _ in range(runs):
         vm["main"](x)
-    rows = [{"kernel": k, "kind": kind_of(k, weights.get(k), layout), "calls": calls[k] // runs,
+    rows = [{"kernel": k, "kind": kind_of(k, shapes.get(k), layout), "calls": calls[k] // runs,
              "ms": spent[k] / runs * 1e3} for k in spent if not re.match(r"vm\.builtin\.", k)]
     frame = pd.DataFrame(rows).sort_values("ms", ascending=False, ignore_index=True)
     frame["share"] = frame["ms"] / frame["ms"].sum()

@@ -1,5 +1,5 @@
 """Per-kernel profile of a compiled artifact: kernels timed through the VM's instrument hook, grouped into
-layer kinds read from their weight shapes (1×1, depthwise, full convolutions) in either layout."""
+layer kinds read from their argument shapes (1×1, depthwise, full convolutions) in either layout."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -14,10 +14,16 @@ from harness.models import build_model
 from harness.profile import compare_kinds, conv_kind, kernel_times
 
 
-def test_convolutions_are_told_apart_by_their_weight_shape() -> None:
-    assert conv_kind((1, 1, 64, 128), "NHWC") == conv_kind((128, 64, 1, 1), "NCHW") == "1x1 convolution"
-    assert conv_kind((3, 3, 1, 64), "NHWC") == conv_kind((64, 1, 3, 3), "NCHW") == "depthwise convolution"
-    assert conv_kind((3, 3, 3, 32), "NHWC") == conv_kind((32, 3, 3, 3), "NCHW") == "3x3 convolution"
+def test_convolutions_are_told_apart_by_their_argument_shapes() -> None:
+    """Input first, output last; the weight is found by its size whatever layout a tuned schedule gave it."""
+    nhwc = [(1, 56, 56, 64), (2, 8, 64, 8), (1, 1, 1, 128), (1, 56, 56, 128)]  # a repacked 1x1 weight
+    assert conv_kind(nhwc, "NHWC") == "1x1 convolution"
+    assert conv_kind([(1, 64, 56, 56), (128, 64, 1, 1), (1, 128, 56, 56)], "NCHW") == "1x1 convolution"
+    depthwise = [(1, 58, 58, 64), (9, 64), (1, 1, 1, 64), (1, 56, 56, 64), (1, 56, 56, 64)]  # residual beside
+    assert conv_kind(depthwise, "NHWC") == "depthwise convolution"
+    assert conv_kind([(1, 3, 224, 224), (32, 3, 3, 3), (1, 32, 112, 112)], "NCHW") == "3x3 convolution"
+    projection = [(1, 28, 28, 24), (1, 28, 28, 144), (3456,), (1, 1, 1, 24), (1, 28, 28, 24)]  # residual first
+    assert conv_kind(projection, "NHWC") == "1x1 convolution"
 
 
 @pytest.mark.parametrize("layout", [ConvLayout.NHWC, ConvLayout.NCHW])
