@@ -1,5 +1,7 @@
 """Integer int8 in TVM: QDQ convolutions rewritten into integer ones agree with ONNX Runtime on the QDQ model."""
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,9 @@ def test_integer_artifact_agrees_with_onnxruntime(symmetric: bool, tmp_path: Pat
     assert report.integer_ops == 10 and report.float_ops == 0  # every conv and the classifier of the tiny v1
     artifact = compile_onnx(dep.onnx, load_device("x86"), tmp_path / "int8.so", options=dep.options)
     assert artifact.report.integer_ops == "10/10" and artifact.report.layout == "NHWC"
+    if shutil.which("objdump"):  # 8-bit products summed in 32 bits with AVX2's vpmaddwd: integer SIMD, not float
+        code = subprocess.run(["objdump", "-d", str(artifact.path)], capture_output=True, text=True).stdout
+        assert "vpmaddwd" in code
     tvm_run = LocalExecutor(artifact.path, threads=2).run
     # ONNX Runtime's fused integer kernels are exact where the CPU has VNNI; without it they saturate 16-bit
     # sums, and the reference is the QDQ model run as written (float convolutions), whose rounding of the

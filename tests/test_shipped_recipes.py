@@ -11,6 +11,8 @@ from harness.specs import FinetuneSpec, QuantizeSpec, Recipe, ResolutionSpec, St
 from harness.workspace import Workspace
 
 HEAVY = {"vgg16_fp32", "vgg16_int8", "resnet50_fp32"}  # hundreds of MB of weights: slow suite only
+# int8 paths the default suite already runs through v1_int8, v2_int8 and v1_pruned_int8 (~80 s each)
+REPEATS = {"v2_pruned_int8", "resnet18_int8"}
 SHIPPED = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not load_recipe(p).sweep)
 
 
@@ -44,7 +46,7 @@ def shrink(name: str) -> Recipe:
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in SHIPPED]
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY | REPEATS else n for n in SHIPPED]
 )
 def test_shipped_recipe_runs(name: str, shared_workspace: Workspace) -> None:
     recipe = shrink(name)
