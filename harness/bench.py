@@ -92,7 +92,7 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
     threads = profile.thread_count
     if threads is not None:
         torch.set_num_threads(threads)
-    calls, kernels, artifacts = {}, {}, {}
+    calls, kernels, tuned_artifact = {}, {}, None
     variants = [("", exported.options)]
     if exported.options.integer:  # int8: also the importer's float dequantize→conv→quantize path
         variants.append((" (float QDQ)", replace(exported.options, integer=False)))
@@ -103,13 +103,14 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
                 log.warning("%s: no tuning database for %s; run `harness tune` first", recipe.name, profile.name)
                 break
             name = schedules + suffix
-            artifacts[name] = artifact
+            if name == "tvm tuned":
+                tuned_artifact = artifact
             calls[name] = _tvm_runner(artifact, batch, threads)
             kernels[name] = artifact.report.tuned_kernels
     calls["onnxruntime"] = _ort_runner(exported, batch, threads)
     calls["pytorch"] = _torch_runner(exported, batch)  # eager fp32 (int8 exists only as the ONNX QDQ model)
     return Runners(recipe=recipe, dtype=exported.dtype, threads=threads, calls=calls, tuned_kernels=kernels,
-                   tuned=artifacts.get("tvm tuned"))
+                   tuned=tuned_artifact)
 
 
 def bench_recipe(recipe: Recipe, profile: DeviceProfile, conditions: Conditions, *, repeats: int = 30,

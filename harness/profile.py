@@ -24,6 +24,8 @@ def conv_kind(args: list[tuple[int, ...]], layout: str) -> str:
     weight is read by its size (kh·kw·C_in/groups·C_out: the largest argument not shaped like the output),
     and the input is the first 4-D argument whose channels make that size a known window (a fused residual,
     shaped like the output, may come first)."""
+    if not args or len(args[-1]) != 4:
+        return "convolution"
     channel = -1 if layout == "NHWC" else 1
     out, c_out = args[-1], args[-1][channel]
     for i, data in enumerate(args[:-1]):
@@ -43,8 +45,7 @@ def kind_of(kernel: str, args: list[tuple[int, ...]] | None = None, layout: str 
     """The layer kind of a fused kernel, from its name (`fused_conv2d3_add2_relu2` → convolution), refined
     for convolutions by the shapes of their arguments (`conv_kind`)."""
     if "conv2d" in kernel:
-        return conv_kind(args, layout) if args and len(args) > 2 and all(len(a) == 4 for a in (args[0], args[-1])) \
-            else "convolution"
+        return conv_kind(args or [], layout)
     return next((kind for key, kind in KINDS if key in kernel), "other")
 
 
@@ -52,7 +53,7 @@ def kernel_times(lib: Path, input_shape: tuple[int, ...], dtype: str = "float32"
                  runs: int = 10, layout: str = "NHWC") -> pd.DataFrame:
     """Mean milliseconds per inference spent in each kernel of `lib` (VM built-ins left out), longest first,
     with its layer kind and share of the kernels' total. `layout`: of the artifact's convolutions (which
-    tells how to read their weight shapes)."""
+    tells where their argument shapes keep the channels)."""
     import tvm
     from tvm import relax
 

@@ -189,7 +189,6 @@ class _QdqAsElementwise(relax.PyExprMutator):
         scale, zero = _per_tensor(scale), _per_tensor(zero)
         if scale is None or zero is None:
             return call  # per-channel (the weights of the float path): kept as the op
-
         rank = len(data.ty.shape)
         if call.op.name == "relax.dequantize":  # scale · (x − zero)
             return relax.op.multiply(relax.op.subtract(relax.op.astype(data, "float32"), _filled(zero, rank)),
