@@ -19,6 +19,7 @@ from tvm.relax.frontend.onnx import from_onnx
 from harness import cache
 from harness.compile import database as tuning_db
 from harness.compile import kernels
+from harness.compile.fold import fold_layout_constants
 from harness.compile.integer import integerize, qdq_as_elementwise
 from harness.compile.layout import clip_as_relax_ops, convert_layout
 from harness.compile.target import build_target, target_json
@@ -133,6 +134,7 @@ def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
     are written as elementwise ops first (harness.compile.integer.qdq_as_elementwise), which follow it.
     `options.fp16`: convolutions and matrix products computed in float16 (Relax ToMixedPrecision).
     `options.integer`: a QDQ model's quantized convolutions become integer ones (harness.compile.integer).
+    Transposed, reshaped and cast constants are folded last (harness.compile.fold).
     What was done is added to `notes` (CompileReport fields).
     """
     options = options or CompileOptions()
@@ -148,7 +150,7 @@ def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
     if options.fp16:
         mod = tvm.relax.transform.ToMixedPrecision(out_dtype="float16")(clip_as_relax_ops(mod))
         notes["fp16"] = True
-    return mod
+    return fold_layout_constants(mod)
 
 
 def _build(mod: tvm.IRModule, target: tvm.target.Target, database: Path | None, model: OnnxModel,
