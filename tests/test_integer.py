@@ -2,20 +2,23 @@
 
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import tvm_ffi
 from conftest import TINY_RECIPE
 from onnx import numpy_helper
 
 from harness.build import export_variant
-from harness.compile import compile_onnx, import_onnx
+from harness.compile import compile_onnx, import_onnx, kernels, prepare_module
 from harness.compile.integer import integerize
-from harness.compile.target import host_cpu_flags
+from harness.compile.target import build_target, host_cpu_flags
 from harness.data import load_data, make_loader
 from harness.device import load_device
+from harness.export import OnnxModel
 from harness.measure import LocalExecutor, ort_session
 from harness.recipe import recipe_from_dict
 from harness.specs import CompileOptions
@@ -61,3 +64,25 @@ def test_integer_artifact_agrees_with_onnxruntime(symmetric: bool, tmp_path: Pat
     step = _output_step(dep.onnx.path)
     assert max(diffs) <= steps * step * 1.001, f"max |TVM - ORT| {max(diffs):.4g} > {steps} step(s) of {step:.4g}"
     assert agree / total >= 0.995, f"top-1 agreement {agree}/{total}"
+
+
+def test_integer_kernels_do_not_depend_on_the_calibration(tmp_path: Path) -> None:
+    """A model calibrated again (another input scale and zero point) has the same tuning workloads."""
+    recipe = recipe_from_dict(TINY_RECIPE | {"steps": [{"quantize": {}}]}, "q")
+    dep = export_variant(recipe, load_data(recipe.data, recipe.resolution), Workspace(tmp_path), progress=False)
+    proto = onnx.load(str(dep.onnx.path))
+    (quantize,) = [n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == dep.onnx.input_name]
+    inits = {i.name: i for i in proto.graph.initializer}
+    scale, zero = (numpy_helper.to_array(inits[name]) for name in quantize.input[1:3])
+    assert zero != 0  # the first convolution pads with the zero point
+    inits[quantize.input[1]].CopyFrom(numpy_helper.from_array(scale * np.float32(1.5), quantize.input[1]))
+    inits[quantize.input[2]].CopyFrom(numpy_helper.from_array(zero + np.uint8(9), quantize.input[2]))
+    recalibrated = replace(dep.onnx, path=tmp_path / "recalibrated.onnx")
+    onnx.save(proto, str(recalibrated.path))
+    profile = load_device("x86")
+
+    def workloads(model: OnnxModel) -> set[int]:
+        mod = prepare_module(model, layout=profile.layout, options=dep.options)
+        return {tvm_ffi.structural_hash(t.dispatched[0]) for t in kernels.extract_tasks([mod], build_target(profile))}
+
+    assert workloads(dep.onnx) == workloads(recalibrated)

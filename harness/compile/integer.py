@@ -44,9 +44,12 @@ def _dequantize(name: str, vars_: dict[str, DFPattern], data: DFPattern | None =
 
 
 def _conv_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
-    """quantize(conv2d(dequantize(x), dequantize(W)) [+ reshape(dequantize(b))])."""
-    vars_: dict[str, DFPattern] = {}
-    vars_["op"] = is_op("relax.nn.conv2d")(_dequantize("x", vars_, wildcard()), _dequantize("w", vars_))
+    """quantize(conv2d(dequantize(x), dequantize(W)) [+ reshape(dequantize(b))]); `x_float` where x is
+    quantize(x_float) (the network's input)."""
+    vars_: dict[str, DFPattern] = {"x_float": wildcard()}
+    vars_["x_quantize"] = is_op("relax.quantize")(vars_["x_float"], is_const(), is_const())
+    data = vars_["x_quantize"] | wildcard()
+    vars_["op"] = is_op("relax.nn.conv2d")(_dequantize("x", vars_, data), _dequantize("w", vars_))
     vars_["bias"] = is_op("relax.reshape")(_dequantize("b", vars_), wildcard())
     return _biased_quantize(vars_["op"], vars_["bias"]), vars_
 
@@ -125,7 +128,15 @@ def _rewrite_conv(call: relax.Call, m: dict, vars_: dict) -> relax.Expr:  # noqa
         padding = [int(p) for p in attrs.padding]
         if zx != 0 and any(padding):  # pad with the zero point: the offset's correction stays exact
             top, left, bottom, right = padding
-            x_q = relax.op.nn.pad(x_q, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx))
+            pad_width = [0, 0, 0, 0, top, bottom, left, right]
+            quantize = m.get(vars_["x_quantize"])
+            if quantize is not None:  # pad the float input with 0.0, which quantizes to zx exactly: the
+                # kernel's code then holds no calibrated value (a pad value is a literal in it)
+                x_q = relax.op.quantize(relax.op.nn.pad(quantize.args[0], pad_width, pad_value=0.0),
+                                        *quantize.args[1:], axis=quantize.attrs.axis,
+                                        out_dtype=str(quantize.attrs.out_dtype))
+            else:
+                x_q = relax.op.nn.pad(x_q, pad_width, pad_value=float(zx))
             padding = [0, 0, 0, 0]
         return relax.op.nn.conv2d(x_q, relax.const(w_q), strides=attrs.strides, padding=padding,
                                   dilation=attrs.dilation, groups=attrs.groups, out_dtype="int32")
