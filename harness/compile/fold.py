@@ -2,10 +2,10 @@
 
 ConvertLayout transposes every weight and per-channel constant (`permute_dims` of a constant), the ONNX
 importer reshapes biases and writes each Clip bound as `where(isnan(bound), ±inf, bound)`, and mixed
-precision casts weights. Relax's
-FoldConstant folds each such call by compiling it to a TIR kernel with LLVM and running it: ~50 ms a call,
-400 calls (20 s) for an integer MobileNet v2, on every build and every task extraction. Folded here the
-constants are the same arrays (these ops move or convert values, no arithmetic), in milliseconds.
+precision casts weights. Relax's FoldConstant folds each such call by compiling it to a TIR kernel with LLVM
+and running it: ~50 ms a call, 400 calls (20 s) for an integer MobileNet v2, on every build and every task
+extraction. Folded here the constants are the same arrays (these ops move or convert values, no
+arithmetic), in milliseconds.
 """
 
 from __future__ import annotations
