@@ -16,6 +16,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from harness.compile.layout import rewrite_functions
+
 
 def _permute(call: relax.Call, data: np.ndarray) -> np.ndarray:
     axes = call.attrs.axes
@@ -70,8 +72,4 @@ class _FoldLayoutConstants(relax.PyExprMutator):
 
 def fold_layout_constants(mod: tvm.IRModule) -> tvm.IRModule:
     """`mod` with transposes, reshapes, casts, NaN tests and selections of constants replaced by their results."""
-    mutator = _FoldLayoutConstants(mod)
-    for gvar, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+    return rewrite_functions(_FoldLayoutConstants(mod), mod)

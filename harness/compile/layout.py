@@ -38,14 +38,18 @@ class _ClipAsRelaxOps(relax.PyExprMutator):
         return call
 
 
-def clip_as_relax_ops(mod: tvm.IRModule) -> tvm.IRModule:
-    """`mod` with the importer's Clip kernels as Relax `maximum`/`minimum` ops, which the layout and
-    mixed-precision passes understand."""
-    mutator = _ClipAsRelaxOps(mod)
+def rewrite_functions(mutator: relax.PyExprMutator, mod: tvm.IRModule) -> tvm.IRModule:
+    """`mod` with each Relax function rewritten by `mutator` (made on `mod`), bindings left unused removed."""
     for gvar, func in mod.functions.items():
         if isinstance(func, relax.Function):
             mutator.builder_.update_func(gvar, mutator.visit_expr(func))
     return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+
+
+def clip_as_relax_ops(mod: tvm.IRModule) -> tvm.IRModule:
+    """`mod` with the importer's Clip kernels as Relax `maximum`/`minimum` ops, which the layout and
+    mixed-precision passes understand."""
+    return rewrite_functions(_ClipAsRelaxOps(mod), mod)
 
 
 def convert_layout(mod: tvm.IRModule, layout: ConvLayout) -> tvm.IRModule:
