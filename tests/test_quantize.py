@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
@@ -43,6 +44,18 @@ def test_qdq_model_validates_runs_and_agrees(trained, method: CalibrationMethod,
     images = np.stack([splits.val[i][0].numpy() for i in range(96)])
     fp32, int8 = _predict(exported.path, images), _predict(out, images)
     assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.95
+
+
+def test_reduce_range_quantizes_weights_to_seven_bits(trained, tmp_path: Path) -> None:
+    splits, exported = trained
+    out = tmp_path / "int8.onnx"
+    quantize_onnx(exported.path, out, QuantizeSpec(calibration_samples=32, reduce_range=True),
+                  calibration_batches(splits, 32, 16), progress=False)
+    weights = [onnx.numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer]
+    weights = [w for w in weights if w.dtype == np.int8 and w.ndim in (2, 4)]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+    images = np.stack([splits.val[i][0].numpy() for i in range(96)])
+    assert (_predict(exported.path, images).argmax(1) == _predict(out, images).argmax(1)).mean() >= 0.95
 
 
 def test_int8_compiles_in_tvm_and_matches_onnx_runtime(trained, tmp_path: Path) -> None:

@@ -76,7 +76,7 @@ def quantize_onnx(fp32_onnx: Path, out_path: Path, spec: QuantizeSpec, calibrati
     quantize_static(
         str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=spec.per_channel,
         activation_type=QuantType.QInt8 if spec.symmetric_activations else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, calibrate_method=method,
+        weight_type=QuantType.QInt8, calibrate_method=method, reduce_range=spec.reduce_range,
         extra_options={"ActivationSymmetric": spec.symmetric_activations, "WeightSymmetric": True},
     )
     prepared.unlink()
@@ -101,7 +101,10 @@ class Quantize:
         spec = self.spec
         if spec.dtype == "fp16":
             return StepResult(output=fp32, dtype="fp16", options=CompileOptions(fp16=True))
-        calibration_key = content_hash({k: getattr(spec, k) for k in spec.__dataclass_fields__ if k != "integer"})
+        settings = {k: getattr(spec, k) for k in spec.__dataclass_fields__ if k != "integer"}
+        if not spec.reduce_range:  # (added later: models quantized before it keep their cache key)
+            del settings["reduce_range"]
+        calibration_key = content_hash(settings)
         out = fp32.path.with_name(f"model.int8-{calibration_key}.onnx")
         with cache.locked(out):
             if cache.digest(out) is None:

@@ -116,6 +116,7 @@ class QuantizeSpec:
     symmetric_activations: bool = False  # False: uint8 activations with zero points; True: int8 symmetric
     calibration: CalibrationMethod = CalibrationMethod.MINMAX
     calibration_samples: int = 128
+    reduce_range: bool = False  # 7-bit weights: exact int16 pair sums in x86 kernels without VNNI (see README)
     integer: bool = True  # TVM: integer convolutions (True) or the importer's float dequantize→conv→quantize
 
     def __post_init__(self) -> None:
