@@ -136,6 +136,7 @@ def measure_variant(compiled: Compiled, profile: DeviceProfile, splits: DataSpli
         torch_cv=noise.cvs.get("pytorch"), ort_cv=noise.cvs.get("onnxruntime"), host_busy=noise.busy,
         noisy=noisy,
         images_per_s=spec.batch / (lat.median_ms / 1e3), max_abs_diff=diff, compile_s=artifact.compile_seconds,
-        integer_ops=report.integer_ops, tuned_kernels=report.tuned_kernels, schedules=report.schedules,
+        integer_ops=report.integer_ops, dot_product_ops=report.dot_product_ops,
+        tuned_kernels=report.tuned_kernels, schedules=report.schedules,
         integer_fallback=report.integer_fallback, layout=report.layout, fp16=report.fp16, **peers,
     )

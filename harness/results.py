@@ -99,6 +99,7 @@ class Row:
     max_abs_diff: float | None = None
     compile_s: float | None = None
     integer_ops: str | None = None
+    dot_product_ops: str | None = None
     tuned_kernels: TuningCoverage | None = None
     schedules: str | None = None
     integer_fallback: str | None = None

@@ -20,7 +20,7 @@ from harness import cache
 from harness.compile import database as tuning_db
 from harness.compile import kernels
 from harness.compile.fold import fold_layout_constants
-from harness.compile.integer import integerize, qdq_as_elementwise
+from harness.compile.integer import dot_product_layout, integerize, qdq_as_elementwise
 from harness.compile.layout import clip_as_relax_ops, convert_layout
 from harness.compile.target import build_target, target_json
 from harness.device import ConvLayout, DeviceProfile
@@ -39,6 +39,7 @@ class CompileReport:
     tuned_kernels: TuningCoverage
     fp16: bool | None = None  # True: computed in float16
     integer_ops: str | None = None  # "k/n" convolutions and dense layers integer
+    dot_product_ops: str | None = None  # "k/n" of the integer ones packed for 8-bit dot-product instructions
     integer_fallback: str | None = None  # why integer int8 did not build (the float QDQ path was used)
     schedules: str | None = None  # "dlight": untuned GPU kernels run DLight's default schedules
 
@@ -134,7 +135,9 @@ def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
     are written as elementwise ops first (harness.compile.integer.qdq_as_elementwise), which follow it.
     `options.fp16`: convolutions and matrix products computed in float16 (Relax ToMixedPrecision).
     `options.integer`: a QDQ model's quantized convolutions become integer ones (harness.compile.integer).
-    Transposed, reshaped and cast constants are folded last (harness.compile.fold).
+    Transposed, reshaped and cast constants are folded (harness.compile.fold); then integer NHWC
+    convolutions whose weights allow it get the layout of 8-bit dot-product instructions
+    (harness.compile.integer.dot_product_layout).
     What was done is added to `notes` (CompileReport fields).
     """
     options = options or CompileOptions()
@@ -150,7 +153,14 @@ def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
     if options.fp16:
         mod = tvm.relax.transform.ToMixedPrecision(out_dtype="float16")(clip_as_relax_ops(mod))
         notes["fp16"] = True
-    return fold_layout_constants(mod)
+    mod = fold_layout_constants(mod)
+    if options.integer and layout is ConvLayout.NHWC:
+        mod, converted = dot_product_layout(mod)
+        notes["dot_product_ops"] = f"{converted}/{notes['integer_ops'].split('/')[0]}"
+        log.info("integer int8: %s of the integer convolutions and dense layers packed for 8-bit dot products "
+                 "(depthwise ones, dense layers and weights that could saturate int16 pair sums are not)",
+                 notes["dot_product_ops"])
+    return mod
 
 
 def _build(mod: tvm.IRModule, target: tvm.target.Target, database: Path | None, model: OnnxModel,

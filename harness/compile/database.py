@@ -21,6 +21,7 @@ import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
 from harness import cache
+from harness.compile.intrinsics import register as register_intrinsics
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ def database_fingerprint(path: Path) -> str | None:
 
 def open_database(path: Path) -> ms.database.JSONDatabase:
     """The JSON database at `path` (created empty if absent)."""
+    register_intrinsics()  # records of tensorized kernels name their intrinsic
     path.mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(path_workload=str(path / WORKLOADS), path_tuning_record=str(path / RECORDS),
                                     allow_missing=True)
@@ -162,6 +164,7 @@ def records_for(db_path: Path, mods: Sequence[tvm.IRModule]) -> ms.database.Data
     workload file names each one by its structural hash first, so only the wanted ones are decoded.
     """
 
+    register_intrinsics()
     wanted = {str(tvm_ffi.structural_hash(m)) for m in mods}
     db, by_line = ms.database.MemoryDatabase(), {}
     if database_fingerprint(db_path) is None:

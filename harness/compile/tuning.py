@@ -3,11 +3,8 @@ builder, runners for local and RPC devices, progress and a time budget."""
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 import time
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +19,7 @@ from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
 from harness import cache
 from harness.compile.database import compact, database_fingerprint, open_database
+from harness.compile.intrinsics import design_space
 from harness.compile.kernels import coverage, extract_tasks, is_tuned
 from harness.device import DeviceProfile, parse_hostport
 from harness.errors import HarnessError
@@ -44,24 +42,6 @@ class TuneReport:
         stop = ", stopped by the time budget" if self.stopped_by_deadline else ""
         return (f"{self.tasks} kernels ({self.tasks_tuned_before} tuned before), {self.trials} trials in "
                 f"{self.seconds:.0f} s{stop}; tuned now: {self.coverage}")
-
-
-def _load_cpu_tensor_intrinsics() -> None:
-    """Register TVM's x86 and Arm tensor intrinsics (those MetaSchedule's CPU rules name) without the rest.
-
-    MetaSchedule's TuneContext imports `tvm.s_tir.tensor_intrin`, whose package imports every target's
-    ~250 intrinsics, each parsed from TVMScript: measured 104 s in a fresh process on a 2-core EPYC, against
-    0.4 s (x86) and 4.5 s (Arm) for the two CPU modules. The package is entered here without its
-    `__init__`; its other modules still load on first import by name.
-    """
-    name = "tvm.s_tir.tensor_intrin"
-    if name not in sys.modules:
-        package = types.ModuleType(name)
-        package.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
-        package.__package__ = name
-        sys.modules[name] = package
-    for module in ("x86", "arm_cpu"):
-        importlib.import_module(f"{name}.{module}")
 
 
 def _build(mod: tvm.IRModule, target: tvm.target.Target, _params: dict | None) -> tvm.runtime.Module:
@@ -240,8 +220,8 @@ def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_di
     strategy = ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32,
                                                      genetic_num_iters=3)
     release_foreign_log_handlers()
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir),
-                                                                              strategy=strategy)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        tasks, str(work_dir), space=design_space(tasks[0].target), strategy=strategy)
     session.stopped = False
     # MetaSchedule configures its loggers anew in each session: keep its per-trial tables out of the output
     logging.getLogger(META_SCHEDULE_LOGGER).setLevel(logging.WARNING)
@@ -279,8 +259,6 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
              " (refining them)" if refine and tuned_before else "")
     measured, stopped = 0, False
     if todo and trials > 0:
-        if target.kind.name == "llvm":
-            _load_cpu_tensor_intrinsics()
         per_task = max(8, -(-trials // len(todo)))
         deadline = start + 60 * minutes if minutes else None
         runner = runner_for(profile) if profile is not None else ms.runner.LocalRunner()

@@ -1,0 +1,210 @@
+"""8-bit dot-product tensor intrinsics for integer convolutions on x86, and the MetaSchedule design space
+that tiles integer kernels onto them.
+
+An integer convolution in NHWC whose weights are packed in tiles (`[KH, KW, O/L, I/4, L, 4]`, see
+harness.compile.integer.dot_product_layout) is, per output pixel, a matrix product over contiguous input
+channels. MetaSchedule's `MultiLevelTilingWithIntrin` tiles it so that its innermost block is
+`C[lanes] += Σ_k<4 A[k] · B[lanes, k]` (uint8 activations × int8 weights, int32 sums), whose weight operand
+is one contiguous tile, and `RewriteTensorize` replaces that block with:
+
+* `x86-64-v3` (AVX2): `vpmaddubsw` (pairs of u8·i8 products summed in int16, **saturating**), then
+  `vpmaddwd` with ones (pairs of int16 into int32): 32 multiply-adds in two instructions, 8 lanes. TVM
+  ships no 256-bit form.
+* `x86-64-v4`: the 512-bit form of the same, 16 lanes, with the same int16 saturation.
+* `x86-64-v4` with VNNI: `vpdpbusd`, 16 lanes, exact.
+
+(The 512-bit ones are TVM's `dot_16x4_avx512`/`dot_16x4_vnni`, registered here under harness names.)
+
+Only convolutions whose weights rule the int16 saturation out for every uint8 input are packed
+(harness.compile.integer.pairs_cannot_saturate): a model quantized with 7-bit weights (`reduce_range: true`,
+as ONNX Runtime recommends for CPUs without VNNI) qualifies in every layer, one with full-range int8 weights
+in none. The others keep the generic integer kernels: the harness never changes a model's results for speed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+
+import tvm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import TensorIntrin
+from tvm.s_tir import meta_schedule as ms
+from tvm.script import tirx as T
+from tvm.tirx import ForKind
+
+AVX2_DOT_8x4 = "harness_dot_8x4_avx2"
+AVX512_DOT_16x4 = "harness_dot_16x4_avx512"
+VNNI_DOT_16x4 = "harness_dot_16x4_vnni"
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x4_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x4_avx2(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_u8x32 = T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32")
+        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                                        a_u8x32, B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.int16x16(1), dtype="int32x8")
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_avx512(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+                     C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
+                                        a_u8x64, B.vload([0, 0], dtype="int8x64"), dtype="int16x32")
+        C[T.ramp(T.int32(0), 1, 16)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), pairs, T.int16x32(1), dtype="int32x16")
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        # (LLVM 17+ declares vpdpbusd's operands <64 x i8>; TVM's own VNNI intrinsic still passes <16 x i32>)
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"),
+            T.reinterpret(T.broadcast(a_i32, 16), dtype="int8x64"), B.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16")
+
+
+_INTRINSICS = {AVX2_DOT_8x4: (_dot_8x4_desc, _dot_8x4_avx2), AVX512_DOT_16x4: (_dot_16x4_desc, _dot_16x4_avx512),
+               VNNI_DOT_16x4: (_dot_16x4_desc, _dot_16x4_vnni)}
+
+
+def register() -> None:
+    """Register the intrinsics (once per process). Tuning records of tensorized kernels name their
+    intrinsic, so this runs before a database is read. (TVM's own x86 ones are not used: importing
+    `tvm.s_tir.tensor_intrin` parses every target's ~250 intrinsics, ~100 s on a 2-core host.)"""
+    for name, (desc, impl) in _INTRINSICS.items():
+        if TensorIntrin.get(name, allow_missing=True) is None:
+            TensorIntrin.register(name, desc, impl)
+
+
+def dot_intrinsic(target: tvm.target.Target) -> str | None:
+    """The 8-bit dot-product intrinsic for `target`'s CPU features, or None (not x86, or below AVX2)."""
+    if target.kind.name != "llvm" or not str(target.attrs.get("mcpu", "")).startswith("x86-64"):
+        return None
+    features = {str(f) for f in target.attrs.get("mattr", [])}
+    if "+avx512vnni" in features:
+        return VNNI_DOT_16x4
+    return AVX512_DOT_16x4 if str(target.attrs["mcpu"]) == "x86-64-v4" else AVX2_DOT_8x4
+
+
+def _holds_vector_code(loop: tvm.tirx.For) -> bool:
+    text = loop.body.script()
+    return "call_llvm_pure_intrin" in text or "T.vectorized" in text
+
+
+@derived_object
+class UnvectorizeTensorized(ms.postproc.PyPostproc):
+    """Turns vectorized loops around a tensorized block (or around an already vectorized init loop) into
+    unrolled ones: TVM's vectorizer rejects vectors nested in vectors, which `RewriteParallelVectorizeUnroll`
+    produces for the loops outside an auto-tensorized tile."""
+
+    def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
+        pass
+
+    def apply(self, sch: tvm.s_tir.Schedule) -> bool:
+        if not any(inst.kind.name == "Tensorize" for inst in sch.trace.insts):
+            return True  # (most candidates: no need to look at their loops)
+        def walk(block: tvm.s_tir.schedule.SBlockRV) -> None:
+            for child in sch.get_child_blocks(block):
+                for loop in sch.get_loops(child):
+                    stmt = sch.get(loop)
+                    if stmt.kind == ForKind.VECTORIZED and _holds_vector_code(stmt):
+                        sch.unroll(loop)
+                walk(child)
+
+        for gvar in sch.mod.functions:
+            sch.work_on(gvar.name_hint)
+            walk(sch.get_sblock("root"))
+        return True
+
+    def clone(self) -> UnvectorizeTensorized:
+        return UnvectorizeTensorized()
+
+
+def load_cpu_tensor_intrinsics() -> None:
+    """Register TVM's x86 and Arm tensor intrinsics (those MetaSchedule's CPU rules name) without the rest.
+
+    MetaSchedule's TuneContext imports `tvm.s_tir.tensor_intrin`, whose package imports every target's
+    ~250 intrinsics, each parsed from TVMScript: measured 104 s in a fresh process on a 2-core EPYC, against
+    0.4 s (x86) and 4.5 s (Arm) for the two CPU modules. The package is entered here without its
+    `__init__`; its other modules still load on first import by name.
+    """
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
+        package.__package__ = name
+        sys.modules[name] = package
+    for module in ("x86", "arm_cpu"):
+        importlib.import_module(f"{name}.{module}")
+
+
+def design_space(target: tvm.target.Target) -> ms.space_generator.SpaceGenerator | str:
+    """MetaSchedule's CPU design space, with integer kernels also tiled onto `target`'s 8-bit dot-product
+    intrinsic (MetaSchedule's own x86 rules, as its VNNI space has them); the default space elsewhere."""
+    if target.kind.name == "llvm":
+        load_cpu_tensor_intrinsics()  # (before any TuneContext: it imports them all)
+    intrin = dot_intrinsic(target)
+    if intrin is None:
+        return "post-order-apply"
+    register()
+    rule, post = ms.schedule_rule, ms.postproc
+    reuse = rule.ReuseType(req="may", levels=[1, 2], scope="global")
+    rules = [rule.ApplyCustomRule(), rule.InlineConstantScalars(),
+             rule.AutoInline(into_producer=False, into_consumer=True, inline_const_tensor=True,
+                             disallow_if_then_else=True, require_injective=True, require_ordered=True,
+                             disallow_op=["tirx.exp"]),
+             rule.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
+             rule.MultiLevelTilingWithIntrin(intrin, structure="SSRSRS", max_innermost_factor=64,
+                                             reuse_write=reuse),
+             rule.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64, reuse_write=reuse),
+             rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
+                                             unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+             rule.RandomComputeLocation()]
+    postprocs = [post.DisallowDynamicLoop(), post.RewriteParallelVectorizeUnroll(), post.RewriteReductionBlock(),
+                 post.RewriteTensorize(vectorize_init_loop=True), UnvectorizeTensorized(), post.RewriteLayout()]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs="llvm")
