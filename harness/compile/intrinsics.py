@@ -40,58 +40,42 @@ AVX512_DOT_16x4 = "harness_dot_16x4_avx512"
 VNNI_DOT_16x4 = "harness_dot_16x4_vnni"
 
 
-@T.prim_func(s_tir=True)
-def _dot_8x4_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
-                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _dot_desc(lanes: int) -> tvm.tirx.PrimFunc:
+    """`C[lanes] += Σ_k<4 A[k] · B[lanes, k]`, uint8 × int8 → int32: what the intrinsics compute."""
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
 
 
-@T.prim_func(s_tir=True)
-def _dot_8x4_avx2(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
-                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a_u8x32 = T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32")
-        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                                        a_u8x32, B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
-        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.int16x16(1), dtype="int32x8")
+def _pmaddubs(lanes: int, pmaddubs: str, pmaddwd: str) -> tvm.tirx.PrimFunc:
+    """`vpmaddubsw` (u8·i8 pairs summed in int16, saturating) then `vpmaddwd` with ones, `lanes` int32 lanes."""
 
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_u8 = T.reinterpret(T.broadcast(a_i32, lanes), dtype=f"uint8x{4 * lanes}")
+            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(pmaddubs), a_u8,
+                                            B.vload([0, 0], dtype=f"int8x{4 * lanes}"), dtype=f"int16x{2 * lanes}")
+            C[T.ramp(T.int32(0), 1, lanes)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(pmaddwd), pairs, T.broadcast(T.int16(1), 2 * lanes),
+                dtype=f"int32x{lanes}")
 
-@T.prim_func(s_tir=True)
-def _dot_16x4_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _dot_16x4_avx512(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-                     C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
-        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
-                                        a_u8x64, B.vload([0, 0], dtype="int8x64"), dtype="int16x32")
-        C[T.ramp(T.int32(0), 1, 16)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), pairs, T.int16x32(1), dtype="int32x16")
+    return impl
 
 
 @T.prim_func(s_tir=True)
@@ -108,17 +92,18 @@ def _dot_16x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16,
             dtype="int32x16")
 
 
-_INTRINSICS = {AVX2_DOT_8x4: (_dot_8x4_desc, _dot_8x4_avx2), AVX512_DOT_16x4: (_dot_16x4_desc, _dot_16x4_avx512),
-               VNNI_DOT_16x4: (_dot_16x4_desc, _dot_16x4_vnni)}
-
-
 def register() -> None:
     """Register the intrinsics (once per process). Tuning records of tensorized kernels name their
     intrinsic, so this runs before a database is read. (TVM's own x86 ones are not used: importing
     `tvm.s_tir.tensor_intrin` parses every target's ~250 intrinsics, ~100 s on a 2-core host.)"""
-    for name, (desc, impl) in _INTRINSICS.items():
-        if TensorIntrin.get(name, allow_missing=True) is None:
-            TensorIntrin.register(name, desc, impl)
+    if all(TensorIntrin.get(name, allow_missing=True) is not None
+           for name in (AVX2_DOT_8x4, AVX512_DOT_16x4, VNNI_DOT_16x4)):
+        return
+    desc_8, desc_16 = _dot_desc(8), _dot_desc(16)
+    TensorIntrin.register(AVX2_DOT_8x4, desc_8, _pmaddubs(8, "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"))
+    TensorIntrin.register(AVX512_DOT_16x4, desc_16, _pmaddubs(16, "llvm.x86.avx512.pmaddubs.w.512",
+                                                                "llvm.x86.avx512.pmaddw.d.512"))
+    TensorIntrin.register(VNNI_DOT_16x4, desc_16, _dot_16x4_vnni)
 
 
 def dot_intrinsic(target: tvm.target.Target) -> str | None:
