@@ -156,7 +156,7 @@ def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
     mod = fold_layout_constants(mod)
     if options.integer and layout is ConvLayout.NHWC:
         mod, converted = dot_product_layout(mod)
-        notes["dot_product_ops"] = f"{converted}/{notes['integer_ops'].split('/')[0]}"
+        notes["dot_product_ops"] = f"{converted}/{report.integer_ops}"
         log.info("integer int8: %s of the integer convolutions and dense layers packed for 8-bit dot products "
                  "(depthwise ones, dense layers and weights that could saturate int16 pair sums are not)",
                  notes["dot_product_ops"])

@@ -16,7 +16,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from harness.compile.layout import rewrite_functions
+from harness.compile.layout import bound_constant, rewrite_functions
 
 
 def _permute(call: relax.Call, data: np.ndarray) -> np.ndarray:
@@ -50,9 +50,8 @@ _UNARY: dict[str, Callable[[relax.Call, np.ndarray], np.ndarray | None]] = {
 class _FoldLayoutConstants(relax.PyExprMutator):
     def _constant(self, expr: relax.Expr) -> np.ndarray | None:
         """The value of a constant, or of a variable bound to one; else None."""
-        if isinstance(expr, relax.Var):
-            expr = self.lookup_binding(expr)
-        return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
+        constant = bound_constant(self, expr)
+        return None if constant is None else constant.value.numpy()
 
     def _fold(self, call: relax.Call) -> np.ndarray | None:
         name = call.op.name if isinstance(call.op, tvm.ir.Op) else None

@@ -28,7 +28,7 @@ import tvm
 from tvm import relax, te, topi
 from tvm.relax.dpl import DFPattern, is_const, is_op, rewrite_call, wildcard
 
-from harness.compile.layout import rewrite_functions
+from harness.compile.layout import bound_constant, rewrite_functions
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -286,9 +286,8 @@ class _DotProductLayout(relax.PyExprMutator):
         if (str(attrs.out_dtype), int(attrs.groups), str(attrs.data_layout), str(attrs.kernel_layout),
                 str(data.ty.dtype)) != ("int32", 1, "NHWC", "HWIO", "uint8"):
             return call
-        if isinstance(weight, relax.Var):
-            weight = self.lookup_binding(weight)
-        if not isinstance(weight, tvm.ir.expr.Constant) or str(weight.value.dtype) != "int8":
+        weight = bound_constant(self, weight)
+        if weight is None or str(weight.value.dtype) != "int8":
             return call
         hwoi = np.ascontiguousarray(weight.value.numpy().transpose(0, 1, 3, 2))
         lanes = 16 if hwoi.shape[2] % 16 == 0 else 8

@@ -46,6 +46,13 @@ def rewrite_functions(mutator: relax.PyExprMutator, mod: tvm.IRModule) -> tvm.IR
     return relax.transform.DeadCodeElimination()(mutator.builder_.get())
 
 
+def bound_constant(mutator: relax.PyExprMutator, expr: relax.Expr) -> tvm.ir.expr.Constant | None:
+    """`expr` if it is a constant, the constant a variable `expr` is bound to, else None."""
+    if isinstance(expr, relax.Var):
+        expr = mutator.lookup_binding(expr)
+    return expr if isinstance(expr, tvm.ir.expr.Constant) else None
+
+
 def clip_as_relax_ops(mod: tvm.IRModule) -> tvm.IRModule:
     """`mod` with the importer's Clip kernels as Relax `maximum`/`minimum` ops, which the layout and
     mixed-precision passes understand."""
