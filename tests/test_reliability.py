@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_RECIPE
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from harness.cli import build_parser, main
@@ -125,6 +125,8 @@ def profiles(draw: st.DrawFn) -> dict:
 
 
 @given(data=profiles())
+@example(data={"target": {"kind": "llvm", "mcpu": "", "mtriple": "\n"}, "threads": 2})  # found by the fuzzer
+@example(data={"target": {"kind": "llvm", "mcpu": "x86-64-v3", "mtriple": "\n"}, "threads": 2})
 def test_any_profile_loads_and_builds_its_target_or_is_a_harness_error(data: dict) -> None:
     try:
         build_target(from_dict(DeviceProfile, {"name": "fuzz", **data}, "fuzz.yaml"))

@@ -99,15 +99,15 @@ def _check_llvm(profile: DeviceProfile, target: tvm.target.Target) -> None:
     triple = str(target.attrs.get("mtriple", "")) or tvm.target.codegen.llvm_get_system_triple()
     mcpu = str(target.attrs.get("mcpu", ""))
     if mcpu and not tvm.target.codegen.llvm_is_valid_cpu(mcpu, triple):
-        raise HarnessError(f"device {profile.name}: LLVM knows no CPU {mcpu!r} for {triple} "
+        raise HarnessError(f"device {profile.name}: LLVM knows no CPU {mcpu!r} for {triple!r} "
                            "(`python -m harness devices` shows working targets)")
     for attr in target.attrs.get("mattr", []):
         name = str(attr).lstrip("+-")
         if name not in _llvm_features(triple):
-            raise HarnessError(f"device {profile.name}: LLVM knows no feature {name!r} for {triple} (mattr)")
+            raise HarnessError(f"device {profile.name}: LLVM knows no feature {name!r} for {triple!r} (mattr)")
     host_arch = tvm.target.codegen.llvm_get_system_triple().split("-")[0]
     if not profile.is_remote and triple.split("-")[0] != host_arch:
-        raise HarnessError(f"device {profile.name}: its target is {triple}, which cannot run on this {host_arch} "
+        raise HarnessError(f"device {profile.name}: its target is {triple!r}, which cannot run on this {host_arch} "
                            "host; a board needs a `remote:` section (and a `cross_compiler`)")
 
 
