@@ -234,8 +234,13 @@ def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_di
     except tvm.error.InternalError as exc:
         # Ending tasks from a measure callback can leave the scheduler holding a task it just saw end
         # (it checks `!task->is_terminated`); every measured record is in the database by then.
-        if not (session.stopped and "is_terminated" in str(exc)):
-            raise
+        if session.stopped and "is_terminated" in str(exc):
+            return
+        # A candidate TVM cannot handle (seen: RemoveWeightLayoutRewriteBlock on a packed int8 kernel) ends the
+        # whole MetaSchedule session: this chunk's records not yet committed are lost, the next chunks go on.
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        log.warning("tuning %d kernel(s) (%s, ...) ended on a TVM error, the next ones go on: %s", len(tasks),
+                    tasks[0].task_name, lines[-1] if lines else type(exc).__name__)
 
 
 def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path, *, trials: int,
