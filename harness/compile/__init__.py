@@ -24,7 +24,7 @@ from harness.compile.integer import dot_product_layout, integerize, qdq_as_eleme
 from harness.compile.layout import clip_as_relax_ops, convert_layout
 from harness.compile.target import build_target, target_json
 from harness.device import ConvLayout, DeviceProfile
-from harness.errors import HarnessError
+from harness.errors import HarnessError, last_line
 from harness.export import OnnxModel
 from harness.specs import CompileOptions, TuningCoverage
 
@@ -193,7 +193,7 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *,
     except Exception as exc:  # TVM's errors are of many types; the float path is the fallback for integer ops
         if not options.integer:
             raise
-        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        reason = last_line(exc)[:200]
         log.warning("%s: integer int8 does not build for %s (%s); using the float QDQ path", model.path.name,
                     profile.name, reason)
         notes = {"integer_fallback": reason}

@@ -21,7 +21,7 @@ from typing import Any
 import tvm
 
 from harness.device import DeviceProfile
-from harness.errors import HarnessError
+from harness.errors import HarnessError, last_line
 
 PORTABLE = "portable"
 NATIVE = "native"
@@ -118,8 +118,7 @@ def build_target(profile: DeviceProfile) -> tvm.target.Target:
     try:
         target = tvm.target.Target(spec)
     except Exception as exc:  # TVM raises its own error types for bad target dicts
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise HarnessError(f"device {profile.name}: invalid TVM target {spec}: {first}") from None
+        raise HarnessError(f"device {profile.name}: invalid TVM target {spec}: {last_line(exc)}") from None
     if target.kind.name == "llvm":
         _check_llvm(profile, target)
     return target

@@ -22,7 +22,7 @@ from harness.compile.database import compact, database_fingerprint, open_databas
 from harness.compile.intrinsics import design_space
 from harness.compile.kernels import coverage, extract_tasks, is_tuned
 from harness.device import DeviceProfile, parse_hostport
-from harness.errors import HarnessError
+from harness.errors import HarnessError, last_line
 from harness.specs import TuningCoverage
 
 log = logging.getLogger(__name__)
@@ -238,9 +238,8 @@ def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_di
             return
         # A candidate TVM cannot handle (seen: RemoveWeightLayoutRewriteBlock on a packed int8 kernel) ends the
         # whole MetaSchedule session: this chunk's records not yet committed are lost, the next chunks go on.
-        lines = [line for line in str(exc).splitlines() if line.strip()]
         log.warning("tuning %d kernel(s) (%s, ...) ended on a TVM error, the next ones go on: %s", len(tasks),
-                    tasks[0].task_name, lines[-1] if lines else type(exc).__name__)
+                    tasks[0].task_name, last_line(exc))
 
 
 def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path, *, trials: int,
