@@ -21,6 +21,7 @@ from harness.compile import database as tuning_db
 from harness.compile import kernels
 from harness.compile.fold import fold_layout_constants
 from harness.compile.integer import dot_product_layout, integerize, qdq_as_elementwise
+from harness.compile.intrinsics import exact_dot_products
 from harness.compile.layout import clip_as_relax_ops, convert_layout
 from harness.compile.target import build_target, target_json
 from harness.device import ConvLayout, DeviceProfile
@@ -128,7 +129,8 @@ def _export(executable: tvm.runtime.Executable, path: Path, profile: DeviceProfi
 
 
 def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
-                   options: CompileOptions | None = None, notes: dict[str, Any] | None = None) -> tvm.IRModule:
+                   options: CompileOptions | None = None, notes: dict[str, Any] | None = None,
+                   exact_dot_products: bool = False) -> tvm.IRModule:
     """The Relax module that is compiled (and tuned): the imported ONNX graph, weights bound as constants.
 
     `layout`: of the convolutions, float and integer (harness.compile.layout); quantize and dequantize ops
@@ -137,7 +139,8 @@ def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
     `options.integer`: a QDQ model's quantized convolutions become integer ones (harness.compile.integer).
     Transposed, reshaped and cast constants are folded (harness.compile.fold); then integer NHWC
     convolutions whose weights allow it get the layout of 8-bit dot-product instructions
-    (harness.compile.integer.dot_product_layout).
+    (harness.compile.integer.dot_product_layout); `exact_dot_products`: the target's instruction cannot
+    saturate (harness.compile.intrinsics.exact_dot_products), so full-range weights qualify too.
     What was done is added to `notes` (CompileReport fields).
     """
     options = options or CompileOptions()
@@ -155,11 +158,11 @@ def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
         notes["fp16"] = True
     mod = fold_layout_constants(mod)
     if options.integer and layout is ConvLayout.NHWC:
-        mod, converted = dot_product_layout(mod)
+        mod, converted = dot_product_layout(mod, exact=exact_dot_products)
         notes["dot_product_ops"] = f"{converted}/{report.integer_ops}"
+        unpacked = "" if exact_dot_products else " and weights that could saturate int16 pair sums"
         log.info("integer int8: %s of the integer convolutions and dense layers packed for 8-bit dot products "
-                 "(depthwise ones, dense layers and weights that could saturate int16 pair sums are not)",
-                 notes["dot_product_ops"])
+                 "(depthwise ones, dense layers%s are not)", notes["dot_product_ops"], unpacked)
     return mod
 
 
@@ -188,7 +191,8 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *,
     start = time.perf_counter()
     notes: dict[str, Any] = {}
     try:
-        mod = prepare_module(model, layout=profile.layout, options=options, notes=notes)
+        mod = prepare_module(model, layout=profile.layout, options=options, notes=notes,
+                             exact_dot_products=exact_dot_products(target))
         executable, covered = _build(mod, target, database, model, profile)
     except Exception as exc:  # TVM's errors are of many types; the float path is the fallback for integer ops
         if not options.integer:

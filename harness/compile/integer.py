@@ -16,7 +16,8 @@ and only the requantization (a per-channel multiply-add) is in float. Unmatched 
 do residual adds and pooling (elementwise: TVM fuses their dequantize → op → quantize into one kernel).
 
 After the layout conversion, `dot_product_layout` packs the weights of the NHWC integer convolutions that
-8-bit dot-product instructions compute exactly (harness.compile.intrinsics) into tiles.
+8-bit dot-product instructions compute exactly (harness.compile.intrinsics) into tiles: all of them where the
+target's instruction is exact (VNNI `vpdpbusd`), else those whose weights `pairs_cannot_saturate`.
 """
 
 from __future__ import annotations
@@ -271,11 +272,13 @@ def pack_weights(hwoi: np.ndarray, lanes: int) -> np.ndarray:
 
 @relax.expr_functor.mutator
 class _DotProductLayout(relax.PyExprMutator):
-    """Integer NHWC convolutions of uint8 activations whose weights `pairs_cannot_saturate` become
-    convolutions over packed weights (`pack_weights`)."""
+    """Integer NHWC convolutions of uint8 activations become convolutions over packed weights
+    (`pack_weights`): all of them if `exact` (the target's dot-product instruction cannot saturate), else
+    those whose weights `pairs_cannot_saturate`."""
 
-    def __init__(self, mod: tvm.IRModule) -> None:
+    def __init__(self, mod: tvm.IRModule, exact: bool) -> None:
         super().__init__(mod)
+        self.exact = exact
         self.converted = 0
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 (TVM's visitor naming)
@@ -291,7 +294,7 @@ class _DotProductLayout(relax.PyExprMutator):
             return call
         hwoi = np.ascontiguousarray(weight.value.numpy().transpose(0, 1, 3, 2))
         lanes = 16 if hwoi.shape[2] % 16 == 0 else 8
-        if hwoi.shape[2] % lanes or not pairs_cannot_saturate(hwoi):
+        if hwoi.shape[2] % lanes or hwoi.shape[3] % 4 or not (self.exact or pairs_cannot_saturate(hwoi)):
             return call
         self.converted += 1
         return self.builder_.call_te(
@@ -299,8 +302,10 @@ class _DotProductLayout(relax.PyExprMutator):
             [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation], primfunc_name_hint="conv2d_packed")
 
 
-def dot_product_layout(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
+def dot_product_layout(mod: tvm.IRModule, exact: bool = False) -> tuple[tvm.IRModule, int]:
     """`mod` (integer convolutions in NHWC) with packed weights where 8-bit dot-product instructions compute
-    the convolution exactly (harness.compile.intrinsics); returns the module and how many it converted."""
-    mutator = _DotProductLayout(mod)
+    the convolution exactly (harness.compile.intrinsics): every one if `exact` (instructions that cannot
+    saturate, e.g. VNNI's), else those whose weights `pairs_cannot_saturate`; returns the module and how many
+    it converted."""
+    mutator = _DotProductLayout(mod, exact)
     return rewrite_functions(mutator, mod), mutator.converted

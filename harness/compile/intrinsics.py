@@ -15,7 +15,8 @@ is one contiguous tile, and `RewriteTensorize` replaces that block with:
 
 (The 512-bit ones are TVM's `dot_16x4_avx512`/`dot_16x4_vnni`, registered here under harness names.)
 
-Only convolutions whose weights rule the int16 saturation out for every uint8 input are packed
+With VNNI every integer convolution with a multiple of 4 input channels is packed. Without it, only those
+whose weights rule the int16 saturation out for every uint8 input are
 (harness.compile.integer.pairs_cannot_saturate): a model quantized with 7-bit weights (`reduce_range: true`,
 as ONNX Runtime recommends for CPUs without VNNI) qualifies in every layer, one with full-range int8 weights
 in none. The others keep the generic integer kernels: the harness never changes a model's results for speed.
@@ -114,6 +115,12 @@ def dot_intrinsic(target: tvm.target.Target) -> str | None:
     if "+avx512vnni" in features:
         return VNNI_DOT_16x4
     return AVX512_DOT_16x4 if str(target.attrs["mcpu"]) == "x86-64-v4" else AVX2_DOT_8x4
+
+
+def exact_dot_products(target: tvm.target.Target) -> bool:
+    """Whether `target`'s 8-bit dot-product instruction is exact for every int8 weight (VNNI's `vpdpbusd`
+    sums four products in int32), so full-range weights may be packed too."""
+    return dot_intrinsic(target) == VNNI_DOT_16x4
 
 
 def _holds_vector_code(loop: tvm.tirx.For) -> bool:
