@@ -27,6 +27,7 @@ from harness.errors import HarnessError
 from harness.measure import LocalExecutor, latency_stats, ort_session, time_callable
 from harness.noise import NoiseLog
 from harness.results import Conditions, Row, write_table
+from harness.schema import content_hash
 from harness.specs import CompileOptions, QuantizeSpec, Recipe, TuningCoverage
 from harness.tune import tuning_database
 from harness.workspace import Workspace
@@ -160,11 +161,11 @@ class BenchResult:
     layer_kinds: dict[str, pd.DataFrame]
 
 
-def _float_twin(recipe: Recipe) -> tuple:
-    """What an int8 recipe and the fp32 recipe it is compared with share: the model and every step but
-    quantization."""
-    return (recipe.model, recipe.width, recipe.resolution,
-            tuple(s for s in recipe.compression_steps if not isinstance(s, QuantizeSpec)))
+def _float_twin(recipe: Recipe) -> str:
+    """What an int8 recipe and the fp32 recipe it is compared with share (the model and every step but
+    quantization), as a content hash: steps hold unhashable mappings (a prune step's `layer_ratios`)."""
+    return content_hash({"model": recipe.model, "width": recipe.width, "resolution": recipe.resolution,
+                         "steps": [s for s in recipe.compression_steps if not isinstance(s, QuantizeSpec)]})
 
 
 def _layer_kinds(tuned: list[tuple[Recipe, str, Artifact]], threads: int | None) -> dict[str, pd.DataFrame]:

@@ -28,3 +28,15 @@ def test_bench_rows_carry_the_run_conditions_and_the_table_column_names() -> Non
     cells = row.as_dict()
     assert cells["width_mult"] == 1.0 and "width" not in cells and cells["runtime"] == "onnxruntime"
     assert cells["run_id"] == "bench-x" and cells["git_rev"] and cells["tvm_version"] and cells["timestamp"]
+
+
+def test_shipped_recipes_find_their_float_twin() -> None:
+    """Every shipped recipe has a twin key (a pruned one too: its step holds a mapping, which once made
+    `bench v1_pruned50` fail after timing everything); an int8 recipe's twin is its fp32 recipe's."""
+    from harness.bench import _float_twin
+    from harness.recipe import available_recipes, load_recipe
+
+    twins = {name: _float_twin(load_recipe(name)) for name in available_recipes()}
+    assert len(set(twins.values())) > 1  # usable as dict keys
+    assert twins["v1_int8"] == twins["v1_fp32"] and twins["v2_int8"] == twins["v2_fp32"]
+    assert twins["v1_pruned50"] != twins["v1_fp32"]

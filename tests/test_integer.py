@@ -45,6 +45,9 @@ def test_integer_artifact_agrees_with_onnxruntime(symmetric: bool, tmp_path: Pat
     assert report.integer_ops == 10 and report.float_ops == 0  # every conv and the classifier of the tiny v1
     artifact = compile_onnx(dep.onnx, load_device("x86"), tmp_path / "int8.so", options=dep.options)
     assert artifact.report.integer_ops == "10/10" and artifact.report.layout == "NHWC"
+    vnni = "avx512_vnni" in host_cpu_flags()
+    # full-range weights: packed for VNNI only, and only with uint8 activations (u8·s8 instructions)
+    assert (artifact.report.dot_product_ops != "0/10") == (vnni and not symmetric)
     if shutil.which("objdump"):  # 8-bit products summed in 32 bits with AVX2's vpmaddwd: integer SIMD, not float
         code = subprocess.run(["objdump", "-d", str(artifact.path)], capture_output=True, text=True).stdout
         assert "vpmaddwd" in code
@@ -52,7 +55,6 @@ def test_integer_artifact_agrees_with_onnxruntime(symmetric: bool, tmp_path: Pat
     # ONNX Runtime's fused integer kernels are exact where the CPU has VNNI; without it they saturate 16-bit
     # sums, and the reference is the QDQ model run as written (float convolutions), whose rounding of the
     # float sums can move an intermediate value by a step: two output steps are allowed there.
-    vnni = "avx512_vnni" in host_cpu_flags()
     sess, steps = ort_session(dep.onnx.path, 2, exact=not vnni), 1 if vnni else 2
     diffs, agree, total = [], 0, 0
     for images, _ in make_loader(splits.val, 1):

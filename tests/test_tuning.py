@@ -132,6 +132,30 @@ def test_time_budget_stops_tuning_and_keeps_what_was_measured(tmp_path: Path) ->
     assert len(records) <= 2 * report.coverage.tuned  # compacted: the best two per kernel
 
 
+@pytest.mark.slow  # ~1 min: real tuning of a 4-kernel model, one kernel at a time
+def test_a_tvm_error_in_a_chunk_retunes_its_kernels_one_by_one(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A TVM error that ends a chunk's session (seen: RemoveWeightLayoutRewriteBlock on a packed int8 candidate)
+    costs only the kernel that fails: the others are tuned again one by one. Here every session of more than
+    one kernel, and the session of the first kernel, fail as TVM would."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    mod = import_onnx(export_onnx(model, tmp_path / "m.onnx", resolution=32))
+    target = build_target(load_device("x86"))
+    first = kernels.extract_tasks([mod], target)[0].task_name
+    real = tuning.ms.tune.tune_tasks
+
+    def failing(*, tasks, **kwargs):  # noqa: ANN001, ANN202
+        if len(tasks) > 1 or tasks[0].task_name == first:
+            raise tvm.error.InternalError("Check failed: (ind.as<PrimVar>()) is false:")
+        return real(tasks=tasks, **kwargs)
+
+    monkeypatch.setattr(tuning.ms.tune, "tune_tasks", failing)
+    with caplog.at_level(logging.WARNING, logger=tuning.__name__):
+        report = tuning.tune([mod], target, tmp_path / "db", trials=8 * 4, progress=False)
+    assert report.coverage.total >= 2 and report.coverage.tuned == report.coverage.total - 1
+    assert "one by one" in caplog.text and f"tuning kernel {first} ended on a TVM error" in caplog.text
+
+
 def test_meta_schedule_configures_its_loggers_beside_a_foreign_handler(tmp_path: Path) -> None:
     """A session after something in the process gave MetaSchedule's logger an unnamed handler (seen in CI,
     after the emulator tests) configures its loggers instead of failing inside `logging.config`."""

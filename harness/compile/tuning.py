@@ -236,10 +236,21 @@ def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_di
         # (it checks `!task->is_terminated`); every measured record is in the database by then.
         if session.stopped and "is_terminated" in str(exc):
             return
-        # A candidate TVM cannot handle (seen: RemoveWeightLayoutRewriteBlock on a packed int8 kernel) ends the
-        # whole MetaSchedule session: this chunk's records not yet committed are lost, the next chunks go on.
-        log.warning("tuning %d kernel(s) (%s, ...) ended on a TVM error, the next ones go on: %s", len(tasks),
-                    tasks[0].task_name, last_line(exc))
+        # A candidate TVM cannot handle (seen: RemoveWeightLayoutRewriteBlock on packed int8 kernels) ends the
+        # whole MetaSchedule session and loses the records of this chunk not yet committed. The kernels still
+        # without a record are tuned again one by one, so that only the one that fails is left untuned.
+        if len(tasks) == 1:
+            log.warning("tuning kernel %s ended on a TVM error: %s", tasks[0].task_name,
+                        last_line(exc))
+            return
+        target = tasks[0].target
+        left = [t for t in tasks if not is_tuned(db, t, target)]
+        log.warning("tuning %d kernel(s) (%s, ...) ended on a TVM error (%s); tuning the %d without a record "
+                    "one by one", len(tasks), tasks[0].task_name, last_line(exc), len(left))
+        for task in left:
+            if session.expired():
+                return
+            _tune_chunk([task], db, work_dir, session, builder, runner, per_task, per_task)
 
 
 def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path, *, trials: int,
