@@ -11,7 +11,7 @@ import tvm
 
 from harness.build import Compiled, Exported, export_variant, structural
 from harness.compile import database, prepare_module, tuning
-from harness.compile.intrinsics import exact_dot_products
+from harness.compile.intrinsics import dot_product
 from harness.compile.kernels import extract_tasks
 from harness.compile.target import build_target, target_key, target_spec
 from harness.data import load_data
@@ -60,8 +60,8 @@ def warn_untuned(compiled: Compiled, profile: DeviceProfile, ws: Workspace) -> N
 
 def tuning_modules(exports: list[Exported], profile: DeviceProfile) -> list[tvm.IRModule]:
     """The Relax modules that `exports` compile to on `profile`."""
-    exact = exact_dot_products(build_target(profile))
-    return [prepare_module(e.onnx, layout=profile.layout, options=e.options, exact_dot_products=exact)
+    dot = dot_product(build_target(profile))
+    return [prepare_module(e.onnx, layout=profile.layout, options=e.options, dot=dot)
             for e in exports]
 
 

@@ -43,3 +43,20 @@ def fresh_tune_trials(stdout: str) -> int:
     """The trials a `harness tune` from an empty database reports in its summary (0 when it reports none)."""
     found = re.search(r"\(0 tuned before\), (\d+) trials", stdout)
     return int(found[1]) if found else 0
+
+
+def tensorized_schedule(workload, target):  # noqa: ANN001, ANN201 (TVM types: imported lazily)
+    """The first design space of `workload` (a fused TIR kernel) in the harness's dot-product search for
+    `target` that tensorizes, postprocessed (a space that computes the padding inline does not tensorize).
+    Taken without measuring: for tests of what tensorized kernels compute, not of their speed."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from harness.compile.intrinsics import design_space
+
+    context = ms.TuneContext(mod=workload, target=target, space_generator=design_space(target), rand_state=0)
+    for sch in context.generate_design_space():
+        if all(p.apply(sch) for p in context.space_generator.postprocs) and "Tensorize" in [
+                inst.kind.name for inst in sch.trace.insts]:
+            return sch
+    raise AssertionError(f"no design space tensorizes for {target}")
+

@@ -1,12 +1,17 @@
-"""End to end on emulated Raspberry Pi 4 boards (aarch64 under qemu-user, TVM RPC through a tracker).
+"""End to end on emulated Raspberry Pi 4 and 5 boards (aarch64 under qemu-user, TVM RPC through a tracker).
 
 Marked `rpi`: `tox -e slow` and CI run it; it is skipped, with the reason, where the emulator cannot be set
 up (no qemu-user-static or debootstrap, not root, no Debian mirror or PyPI).
 """
 
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
 import pandas as pd
 import pytest
-from conftest import TINY_RECIPE, fresh_tune_trials, run_cli
+from conftest import TINY_RECIPE, fresh_tune_trials, run_cli, tensorized_schedule
 
 from harness import emulator
 from harness.device import load_device
@@ -47,8 +52,8 @@ def test_run_on_an_emulated_board_matches_x86(boards, write_recipe, tmp_path, st
     assert '"mcpu": "cortex-a72"' in rpi4["target"]
     if steps:  # integer int8 on aarch64 too; compared with ONNX Runtime on the same QDQ model
         assert rpi4["dtype"] == "int8" and rpi4["integer_ops"] == "10/10" and rpi4["max_abs_diff"] < 0.05
-        # 7-bit weights (the shipped int8 recipes): the pointwise convolutions run on packed weights there too
-        assert (rpi4["dot_product_ops"] != "0/10") == bool(steps[0]["quantize"])
+        # the pointwise convolutions run on packed weights (NEON int8 products are exact for any int8 weight)
+        assert rpi4["dot_product_ops"] == "4/10"
     else:
         assert rpi4["max_abs_diff"] < 1e-3
 
@@ -93,6 +98,63 @@ def test_tuning_measures_candidates_on_the_board(boards, write_recipe, tmp_path)
     row = _rows(results).iloc[-1]
     tuned, total = map(int, row["tuned_kernels"].split("/"))
     assert row["emulated"] and 0 < tuned < total and row["max_abs_diff"] < 1e-3
+
+
+@pytest.fixture(scope="module")
+def rpi5_board():
+    """One emulated rpi5 board (Cortex-A76, with the dot-product instructions), stopped afterwards."""
+    profile = load_device("rpi5")
+    try:
+        emulator.setup(emulator.spec_of(profile))
+    except HarnessError as exc:
+        pytest.skip(f"emulator cannot be set up here: {exc}")
+    (board,) = emulator.start(profile, boards=1)
+    yield board
+    emulator.stop(names={board.name})
+
+
+def _tensorize_packed_kernels(recipe: Path, results: Path) -> int:
+    """Give the packed convolutions of `recipe` on rpi5 schedules on the `sdot` intrinsic in the workspace's
+    tuning database (from the design space, unmeasured: this checks what they compute); returns how many."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from harness.compile import database
+    from harness.compile.kernels import extract_tasks
+    from harness.compile.target import build_target
+    from harness.recipe import load_recipe
+    from harness.tune import structural_exports, tuning_database, tuning_modules, with_references
+    from harness.workspace import Workspace
+
+    ws, profile = Workspace(root=results), load_device("rpi5")
+    target = build_target(profile)
+    exports = structural_exports(with_references([load_recipe(str(recipe))]), ws, progress=False)
+    db = database.open_database(tuning_database(profile, ws))
+    packed = [t for t in extract_tasks(tuning_modules(exports, profile), target) if "conv2d_packed" in t.task_name]
+    for task in packed:
+        sch = tensorized_schedule(task.dispatched[0], target)
+        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(task.dispatched[0]),
+                                                         [1e-3], target))
+    return len(packed)
+
+
+def test_int8_on_an_emulated_rpi5_runs_sdot_and_agrees_with_onnx_runtime(rpi5_board, write_recipe, tmp_path) -> None:
+    """Full-range int8 weights, every pointwise convolution on the dot-product extension's `sdot` (checked in
+    the board's library), logits against ONNX Runtime's on the same QDQ model."""
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump is None:
+        pytest.skip("no aarch64-linux-gnu-objdump (apt-get install binutils-aarch64-linux-gnu)")
+    recipe, results = write_recipe(TINY_RECIPE | {"steps": [{"quantize": {}}]}), tmp_path / "results"
+    assert _tensorize_packed_kernels(recipe, results) == 4
+    out = run_cli("-q", "run", str(recipe), "--device", "rpi5", "--results", str(results))
+    assert out.returncode == 0, out.stderr
+    row = _rows(results).iloc[-1]
+    assert row["device"] == "rpi5" and row["emulated"] and row["board"] == rpi5_board.name
+    assert row["dtype"] == "int8" and row["integer_ops"] == "10/10" and row["dot_product_ops"] == "4/10"
+    assert row["tuned_kernels"].startswith("4/") and row["max_abs_diff"] < 0.05
+    (library,) = [p.with_suffix(".so") for p in (results / "cache" / "artifacts" / "rpi5").glob("*/model.json")
+                  if json.loads(p.read_text())["report"]["dot_product_ops"]]
+    asm = subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True).stdout
+    assert sum("\tsdot\t" in line for line in asm.splitlines()) >= 4
 
 
 def test_emulator_cli_status_lists_the_boards(boards) -> None:

@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from harness.build import export_variant
 from harness.compile import compile_onnx, import_onnx, kernels, prepare_module
 from harness.compile.integer import integerize
+from harness.compile.intrinsics import dot_product
 from harness.compile.target import build_target, host_cpu_flags
 from harness.data import load_data, make_loader
 from harness.device import load_device
@@ -88,3 +89,17 @@ def test_integer_kernels_do_not_depend_on_the_calibration(tmp_path: Path) -> Non
         return {tvm_ffi.structural_hash(t.dispatched[0]) for t in kernels.extract_tasks([mod], build_target(profile))}
 
     assert workloads(dep.onnx) == workloads(recalibrated)
+
+
+def test_the_quantized_input_is_transposed_in_a_kernel_of_its_own(tmp_path: Path) -> None:
+    """The input's quantization runs in NCHW (vectorized over rows), then a uint8 transpose to NHWC: fused, the
+    quantization would be computed per NHWC element, 3 channels innermost (scalar code)."""
+    recipe = recipe_from_dict(TINY_RECIPE | {"steps": [{"quantize": {}}]}, "q")
+    dep = export_variant(recipe, load_data(recipe.data, recipe.resolution), Workspace(tmp_path), progress=False)
+    profile = load_device("x86")
+    target = build_target(profile)
+    mod = prepare_module(dep.onnx, layout=profile.layout, options=dep.options, dot=dot_product(target))
+    names = [t.task_name for t in kernels.extract_tasks([mod], target)]
+    assert len([n for n in names if n.startswith("transpose_8bit")]) == 1, names
+    (quantize,) = [n for n in names if "round" in n and "pad" in n]  # the padded input's quantization
+    assert "transpose" not in quantize

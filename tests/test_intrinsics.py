@@ -1,22 +1,24 @@
 """8-bit dot-product intrinsics: which weights may use them, and that tiled kernels are exact and emit the
-instructions (the built code's assembly) for each x86 level."""
+instructions (the built code's assembly) for each x86 level and for aarch64 (with and without `dotprod`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tvm
+from conftest import tensorized_schedule
 from tvm import relax
-from tvm.s_tir import meta_schedule as ms
 
 from harness.compile import kernels
-from harness.compile.integer import dot_product_layout, pack_weights, pairs_cannot_saturate
-from harness.compile.intrinsics import design_space, exact_dot_products
+from harness.compile.intrinsics import ARM_NEON_4x4, ARM_SDOT_4x4, DotProduct, dot_product
+from harness.compile.packing import dot_product_layout, pack_weights, pairs_cannot_saturate
 from harness.compile.target import VNNI, X86_64_V3, X86_64_V4, host_cpu_flags
+from harness.device import load_device
 
 V3 = {"kind": "llvm", "mcpu": "x86-64-v3", "num-cores": 2}
 V4 = {"kind": "llvm", "mcpu": "x86-64-v4", "num-cores": 2}
 V4_VNNI = V4 | {"mattr": ["+avx512vnni"]}
+RPI4, RPI5 = (load_device(name).target for name in ("rpi4", "rpi5"))
 
 
 def test_pairs_cannot_saturate() -> None:
@@ -46,16 +48,9 @@ def _integer_conv(hwio: np.ndarray) -> tvm.IRModule:
 
 
 def _tensorized_kernel(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """The conv kernel of `mod` scheduled by the first design space of the dot-product search that tensorizes
-    (postprocessed; a space that computes the padding inline does not)."""
+    """The conv kernel of `mod`, scheduled onto the target's dot-product intrinsic."""
     (task,) = [t for t in kernels.extract_tasks([mod], target) if "conv2d" in t.task_name]
-    context = ms.TuneContext(mod=task.dispatched[0], target=target, space_generator=design_space(target),
-                             task_name=task.task_name, rand_state=0)
-    for sch in context.generate_design_space():
-        if all(p.apply(sch) for p in context.space_generator.postprocs) and "Tensorize" in [
-                inst.kind.name for inst in sch.trace.insts]:
-            return sch.mod
-    raise AssertionError(f"no design space of {task.task_name} tensorizes for {target}")
+    return tensorized_schedule(task.dispatched[0], target).mod
 
 
 def test_only_weights_that_cannot_saturate_are_packed_unless_the_instruction_is_exact() -> None:
@@ -65,7 +60,10 @@ def test_only_weights_that_cannot_saturate_are_packed_unless_the_instruction_is_
     assert dot_product_layout(_integer_conv(seven_bit))[1] == 1
     assert dot_product_layout(_integer_conv(full_range))[1] == 0
     assert dot_product_layout(_integer_conv(full_range), exact=True)[1] == 1
-    assert [exact_dot_products(tvm.target.Target(t)) for t in (V3, V4, V4_VNNI)] == [False, False, True]
+    assert [dot_product(tvm.target.Target(t)).exact for t in (V3, V4, V4_VNNI)] == [False, False, True]
+    assert dot_product(tvm.target.Target(RPI5)) == DotProduct(ARM_SDOT_4x4, exact=True, signed=True)
+    assert dot_product(tvm.target.Target(RPI4)) == DotProduct(ARM_NEON_4x4, exact=True, signed=True)
+    assert dot_product(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})) is None  # below AVX2
 
 
 def _reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -121,3 +119,77 @@ def test_avx512_dot_product_kernels(target: dict, instruction: str, needs: froze
     if full_range:
         w[:, :, 0:2], w[:, :, 2:4] = 127, -128  # 255·254 > 32767 and 255·(−256) < −32768
     _check_kernel(target, w, instruction, "zmm", run=X86_64_V3 | needs <= _HOST, exact=full_range)
+
+
+@pytest.mark.parametrize("kernel", [1, 3], ids=["1x1", "3x3"])
+def test_signed_activations_compute_the_same_convolution(kernel: int) -> None:
+    """The Arm form (uint8 activations shifted to int8, 128·Σw added back, padding −128) built for this host:
+    equal to the uint8 convolution for full-range weights, on borders and inputs of 0 and 255."""
+    rng = np.random.default_rng(kernel)
+    w = rng.integers(-128, 128, (kernel, kernel, 16, 32)).astype(np.int8)
+    x = rng.integers(0, 256, (1, 8, 8, 16)).astype(np.uint8)
+    x[rng.random(x.shape) < 0.2], x[rng.random(x.shape) < 0.2] = 255, 0
+    mod, converted = dot_product_layout(_integer_conv(w), exact=True, signed=True)
+    assert converted == 1 and "int8" in mod.script() and "astype" in mod.script()
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy()[0], _reference(x, w))
+
+
+@pytest.mark.parametrize("kernel", [1, 3], ids=["1x1", "3x3"])
+@pytest.mark.parametrize(("target", "instructions"), [(RPI5, ["sdot"]), (RPI4, ["smull", "saddlp", "addp"])],
+                         ids=["rpi5-dotprod", "rpi4-neon"])
+def test_arm_dot_product_kernels_emit_the_instructions(target: dict, instructions: list[str], kernel: int) -> None:
+    """Cross-built for aarch64 with the instructions on NEON registers (run exact on an emulated board: the
+    `rpi` tests)."""
+    w = np.random.default_rng(kernel).integers(-128, 128, (kernel, kernel, 16, 32)).astype(np.int8)
+    mod, _ = dot_product_layout(_integer_conv(w), exact=True, signed=True)
+    tgt = tvm.target.Target(target)
+    asm = tvm.compile(_tensorized_kernel(mod, tgt), target=tgt).mod.inspect_source("asm")
+    for instruction in instructions:
+        assert any(instruction in line.split("//")[0] and "v" in line for line in asm.splitlines()), instruction
+
+
+@pytest.fixture(scope="module", params=["rpi4", "rpi5"])
+def arm_board(request):  # noqa: ANN001, ANN201
+    """An emulated board of each Arm profile (rpi5: Cortex-A76 with the dot product), stopped afterwards."""
+    from harness import emulator
+    from harness.errors import HarnessError
+
+    profile = load_device(request.param)
+    try:
+        emulator.setup(emulator.spec_of(profile))
+    except HarnessError as exc:
+        pytest.skip(f"emulator cannot be set up here: {exc}")
+    (board,) = emulator.start(profile, boards=1)
+    yield profile
+    emulator.stop(names={board.name})
+
+
+@pytest.mark.rpi
+@pytest.mark.parametrize("kernel", [1, 3], ids=["1x1", "3x3"])
+def test_arm_dot_product_kernels_are_exact_on_the_board(arm_board, kernel: int, tmp_path) -> None:  # noqa: ANN001
+    """The whole Arm form (shift to int8, tensorized `sdot`/`smull` kernel, 128·Σw added back) cross-built,
+    run on an emulated board and equal to the uint8 reference, for full-range weights with the extremes."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.support import cc
+
+    from harness.remote import RemoteExecutor, connect
+
+    rng = np.random.default_rng(kernel)
+    w = rng.integers(-128, 128, (kernel, kernel, 16, 32)).astype(np.int8)
+    w[:, :, 0:4, 0], w[:, :, 4:8, 1] = 127, -128
+    x = rng.integers(0, 256, (1, 8, 8, 16)).astype(np.uint8)
+    x[rng.random(x.shape) < 0.3] = 255
+    mod, _ = dot_product_layout(_integer_conv(w), exact=True, signed=True)
+    target = tvm.target.Target(arm_board.target)
+    db = ms.database.MemoryDatabase()
+    for task in kernels.extract_tasks([mod], target):
+        if "conv2d_packed" in task.task_name:
+            sch = tensorized_schedule(task.dispatched[0], target)
+            db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(task.dispatched[0]),
+                                                             [1e-3], target))
+    lib = tmp_path / "conv.so"
+    kernels.compile_with_database(mod, target, db).export_library(
+        str(lib), fcompile=cc.cross_compiler(arm_board.cross_compiler))
+    out = RemoteExecutor(connect(arm_board), lib, threads=1).run(x)
+    np.testing.assert_array_equal(out[0], _reference(x, w))

@@ -20,9 +20,10 @@ from harness import cache
 from harness.compile import database as tuning_db
 from harness.compile import kernels
 from harness.compile.fold import fold_layout_constants
-from harness.compile.integer import dot_product_layout, integerize, qdq_as_elementwise
-from harness.compile.intrinsics import exact_dot_products
-from harness.compile.layout import clip_as_relax_ops, convert_layout
+from harness.compile.integer import integerize, qdq_as_elementwise
+from harness.compile.intrinsics import DotProduct, dot_product
+from harness.compile.layout import clip_as_relax_ops, convert_layout, transposes_apart
+from harness.compile.packing import dot_product_layout
 from harness.compile.target import build_target, target_json
 from harness.device import ConvLayout, DeviceProfile
 from harness.errors import HarnessError, last_line
@@ -130,17 +131,18 @@ def _export(executable: tvm.runtime.Executable, path: Path, profile: DeviceProfi
 
 def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
                    options: CompileOptions | None = None, notes: dict[str, Any] | None = None,
-                   exact_dot_products: bool = False) -> tvm.IRModule:
+                   dot: DotProduct | None = None) -> tvm.IRModule:
     """The Relax module that is compiled (and tuned): the imported ONNX graph, weights bound as constants.
 
     `layout`: of the convolutions, float and integer (harness.compile.layout); quantize and dequantize ops
     are written as elementwise ops first (harness.compile.integer.qdq_as_elementwise), which follow it.
     `options.fp16`: convolutions and matrix products computed in float16 (Relax ToMixedPrecision).
     `options.integer`: a QDQ model's quantized convolutions become integer ones (harness.compile.integer).
-    Transposed, reshaped and cast constants are folded (harness.compile.fold); then integer NHWC
-    convolutions whose weights allow it get the layout of 8-bit dot-product instructions
-    (harness.compile.integer.dot_product_layout); `exact_dot_products`: the target's instruction cannot
-    saturate (harness.compile.intrinsics.exact_dot_products), so full-range weights qualify too.
+    Transposed, reshaped and cast constants are folded (harness.compile.fold); 8-bit transposes get kernels of
+    their own (harness.compile.layout.transposes_apart); then, given the target's
+    8-bit dot-product instruction `dot` (harness.compile.intrinsics.dot_product), integer NHWC convolutions
+    get its weight layout (harness.compile.packing.dot_product_layout): every one where it is exact, else
+    those whose weights cannot saturate it.
     What was done is added to `notes` (CompileReport fields).
     """
     options = options or CompileOptions()
@@ -158,9 +160,11 @@ def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
         notes["fp16"] = True
     mod = fold_layout_constants(mod)
     if options.integer and layout is ConvLayout.NHWC:
-        mod, converted = dot_product_layout(mod, exact=exact_dot_products)
+        mod = transposes_apart(mod)
+    if options.integer and layout is ConvLayout.NHWC and dot is not None:
+        mod, converted = dot_product_layout(mod, exact=dot.exact, signed=dot.signed)
         notes["dot_product_ops"] = f"{converted}/{report.integer_ops}"
-        unpacked = "" if exact_dot_products else " and weights that could saturate int16 pair sums"
+        unpacked = "" if dot.exact else " and weights that could saturate int16 pair sums"
         log.info("integer int8: %s of the integer convolutions and dense layers packed for 8-bit dot products "
                  "(depthwise ones, dense layers%s are not)", notes["dot_product_ops"], unpacked)
     return mod
@@ -192,7 +196,7 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *,
     notes: dict[str, Any] = {}
     try:
         mod = prepare_module(model, layout=profile.layout, options=options, notes=notes,
-                             exact_dot_products=exact_dot_products(target))
+                             dot=dot_product(target))
         executable, covered = _build(mod, target, database, model, profile)
     except Exception as exc:  # TVM's errors are of many types; the float path is the fallback for integer ops
         if not options.integer:

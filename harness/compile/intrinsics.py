@@ -1,8 +1,8 @@
-"""8-bit dot-product tensor intrinsics for integer convolutions on x86, and the MetaSchedule design space
-that tiles integer kernels onto them.
+"""8-bit dot-product tensor intrinsics for integer convolutions on x86 and Arm, and the MetaSchedule design
+space that tiles integer kernels onto them.
 
 An integer convolution in NHWC whose weights are packed in tiles (`[KH, KW, O/L, I/4, L, 4]`, see
-harness.compile.integer.dot_product_layout) is, per output pixel, a matrix product over contiguous input
+harness.compile.packing.dot_product_layout) is, per output pixel, a matrix product over contiguous input
 channels. MetaSchedule's `MultiLevelTilingWithIntrin` tiles it so that its innermost block is
 `C[lanes] += Σ_k<4 A[k] · B[lanes, k]` (uint8 activations × int8 weights, int32 sums), whose weight operand
 is one contiguous tile, and `RewriteTensorize` replaces that block with:
@@ -12,12 +12,19 @@ is one contiguous tile, and `RewriteTensorize` replaces that block with:
   ships no 256-bit form.
 * `x86-64-v4`: the 512-bit form of the same, 16 lanes, with the same int16 saturation.
 * `x86-64-v4` with VNNI: `vpdpbusd`, 16 lanes, exact.
+* aarch64 with the dot-product extension (Cortex-A76 and later, e.g. `rpi5`): `sdot`, 4 lanes, exact.
+* aarch64 without it (NEON, e.g. `rpi4`'s Cortex-A72): `smull` (int8 products in int16), `saddlp` and
+  `addp` (pair sums in int32), 4 lanes, exact.
 
-(The 512-bit ones are TVM's `dot_16x4_avx512`/`dot_16x4_vnni`, registered here under harness names.)
+The Arm instructions multiply int8 by int8, so there the activations are shifted to int8 (x − 128) before
+the convolution and 128·Σw is added back after it (harness.compile.packing.dot_product_layout).
+(The 512-bit x86 ones are TVM's `dot_16x4_avx512`/`dot_16x4_vnni`, the Arm ones its `dot_4x4_i8i8s32_sdot`/
+`_neon`, registered here under harness names: TVM's own Arm module takes seconds to import.)
 
-With VNNI every integer convolution with a multiple of 4 input channels is packed. Without it, only those
+With an exact instruction every integer convolution with a multiple of 4 input channels is packed. On x86
+without VNNI, only those
 whose weights rule the int16 saturation out for every uint8 input are
-(harness.compile.integer.pairs_cannot_saturate): a model quantized with 7-bit weights (`reduce_range: true`,
+(harness.compile.packing.pairs_cannot_saturate): a model quantized with 7-bit weights (`reduce_range: true`,
 as ONNX Runtime recommends for CPUs without VNNI) qualifies in every layer, one with full-range int8 weights
 in none. The others keep the generic integer kernels: the harness never changes a model's results for speed.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
@@ -34,18 +42,30 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import TensorIntrin
 from tvm.s_tir import meta_schedule as ms
 from tvm.script import tirx as T
+from tvm.target import codegen
 from tvm.tirx import ForKind
 
 AVX2_DOT_8x4 = "harness_dot_8x4_avx2"
 AVX512_DOT_16x4 = "harness_dot_16x4_avx512"
 VNNI_DOT_16x4 = "harness_dot_16x4_vnni"
+ARM_SDOT_4x4 = "harness_dot_4x4_sdot"
+ARM_NEON_4x4 = "harness_dot_4x4_neon"
 
 
-def _dot_desc(lanes: int) -> tvm.tirx.PrimFunc:
-    """`C[lanes] += Σ_k<4 A[k] · B[lanes, k]`, uint8 × int8 → int32: what the intrinsics compute."""
+@dataclass(frozen=True, slots=True)
+class DotProduct:
+    """How a target computes 8-bit dot products."""
+
+    intrinsic: str
+    exact: bool  # for every int8 weight (int32 sums); else int16 pair sums that may saturate
+    signed: bool  # int8 × int8: uint8 activations are shifted to int8 first
+
+
+def _dot_desc(lanes: int, activations: str = "uint8") -> tvm.tirx.PrimFunc:
+    """`C[lanes] += Σ_k<4 A[k] · B[lanes, k]`, `activations` × int8 → int32: what the intrinsics compute."""
 
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+    def desc(A: T.Buffer((4,), activations, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
              C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
@@ -93,34 +113,80 @@ def _dot_16x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16,
             dtype="int32x16")
 
 
+@T.prim_func(s_tir=True)
+def _dot_4x4_sdot(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
+                  C: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
+        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), C.vload([0], dtype="int32x4"),
+            T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16"), B.vload([0, 0], dtype="int8x16"),
+            dtype="int32x4")
+
+
+@T.prim_func(s_tir=True)
+def _dot_4x4_neon(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
+                  C: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 2), dtype="int8x8")
+        b = B.vload([0, 0], dtype="int8x16")
+        low = T.call_llvm_pure_intrin(  # rows 0 and 1: four pair sums of int8 products (int16) in int32
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a,
+                                    T.vectorlow(b, dtype="int8x8"), dtype="int16x8"), dtype="int32x4")
+        high = T.call_llvm_pure_intrin(  # rows 2 and 3
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a,
+                                    T.vectorhigh(b, dtype="int8x8"), dtype="int16x8"), dtype="int32x4")
+        C[T.ramp(T.int32(0), 1, 4)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), low, high, dtype="int32x4")
+
+
+_INTRINSICS = (AVX2_DOT_8x4, AVX512_DOT_16x4, VNNI_DOT_16x4, ARM_SDOT_4x4, ARM_NEON_4x4)
+
+
 def register() -> None:
     """Register the intrinsics (once per process). Tuning records of tensorized kernels name their
     intrinsic, so this runs before a database is read. (TVM's own x86 ones are not used: importing
     `tvm.s_tir.tensor_intrin` parses every target's ~250 intrinsics, ~100 s on a 2-core host.)"""
-    if all(TensorIntrin.get(name, allow_missing=True) is not None
-           for name in (AVX2_DOT_8x4, AVX512_DOT_16x4, VNNI_DOT_16x4)):
+    if all(TensorIntrin.get(name, allow_missing=True) is not None for name in _INTRINSICS):
         return
     desc_8, desc_16 = _dot_desc(8), _dot_desc(16)
     TensorIntrin.register(AVX2_DOT_8x4, desc_8, _pmaddubs(8, "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"))
     TensorIntrin.register(AVX512_DOT_16x4, desc_16, _pmaddubs(16, "llvm.x86.avx512.pmaddubs.w.512",
                                                                 "llvm.x86.avx512.pmaddw.d.512"))
     TensorIntrin.register(VNNI_DOT_16x4, desc_16, _dot_16x4_vnni)
+    desc_signed = _dot_desc(4, "int8")
+    TensorIntrin.register(ARM_SDOT_4x4, desc_signed, _dot_4x4_sdot)
+    TensorIntrin.register(ARM_NEON_4x4, desc_signed, _dot_4x4_neon)
 
 
-def dot_intrinsic(target: tvm.target.Target) -> str | None:
-    """The 8-bit dot-product intrinsic for `target`'s CPU features, or None (not x86, or below AVX2)."""
-    if target.kind.name != "llvm" or not str(target.attrs.get("mcpu", "")).startswith("x86-64"):
+def _aarch64(target: tvm.target.Target) -> bool:
+    return (str(target.attrs.get("mtriple", "")) or codegen.llvm_get_system_triple()).startswith("aarch64")
+
+
+def dot_product(target: tvm.target.Target) -> DotProduct | None:
+    """How `target`'s CPU computes 8-bit dot products (from its LLVM features), or None (not a CPU target, or
+    x86 below AVX2, or aarch64 without NEON)."""
+    if target.kind.name != "llvm":
         return None
-    features = {str(f) for f in target.attrs.get("mattr", [])}
-    if "+avx512vnni" in features:
-        return VNNI_DOT_16x4
-    return AVX512_DOT_16x4 if str(target.attrs["mcpu"]) == "x86-64-v4" else AVX2_DOT_8x4
 
+    def has(feature: str) -> bool:
+        return bool(codegen.target_has_features([feature], target))
 
-def exact_dot_products(target: tvm.target.Target) -> bool:
-    """Whether `target`'s 8-bit dot-product instruction is exact for every int8 weight (VNNI's `vpdpbusd`
-    sums four products in int32), so full-range weights may be packed too."""
-    return dot_intrinsic(target) == VNNI_DOT_16x4
+    if _aarch64(target):
+        if has("dotprod"):
+            return DotProduct(ARM_SDOT_4x4, exact=True, signed=True)
+        return DotProduct(ARM_NEON_4x4, exact=True, signed=True) if has("neon") else None
+    if has("avx512vnni"):
+        return DotProduct(VNNI_DOT_16x4, exact=True, signed=False)
+    if has("avx512bw"):
+        return DotProduct(AVX512_DOT_16x4, exact=False, signed=False)
+    return DotProduct(AVX2_DOT_8x4, exact=False, signed=False) if has("avx2") else None
 
 
 def _holds_vector_code(loop: tvm.tirx.For) -> bool:
@@ -176,26 +242,29 @@ def load_cpu_tensor_intrinsics() -> None:
 
 
 def design_space(target: tvm.target.Target) -> ms.space_generator.SpaceGenerator | str:
-    """MetaSchedule's CPU design space, with integer kernels also tiled onto `target`'s 8-bit dot-product
-    intrinsic (MetaSchedule's own x86 rules, as its VNNI space has them); the default space elsewhere."""
+    """MetaSchedule's CPU design space (its x86 or Arm rules), with integer kernels also tiled onto `target`'s
+    8-bit dot-product intrinsic, as MetaSchedule's own VNNI and Arm spaces have them; the default space
+    elsewhere."""
     if target.kind.name == "llvm":
         load_cpu_tensor_intrinsics()  # (before any TuneContext: it imports them all)
-    intrin = dot_intrinsic(target)
-    if intrin is None:
+    dot = dot_product(target)
+    if dot is None:
         return "post-order-apply"
     register()
+    # (MetaSchedule's DefaultARM rules use smaller tiles, vectors, unroll steps and jobs per core than its x86 ones)
+    jobs, innermost, unroll = (8, 32, [0, 8, 32, 256]) if _aarch64(target) else (16, 64, [0, 16, 64, 512])
     rule, post = ms.schedule_rule, ms.postproc
     reuse = rule.ReuseType(req="may", levels=[1, 2], scope="global")
     rules = [rule.ApplyCustomRule(), rule.InlineConstantScalars(),
              rule.AutoInline(into_producer=False, into_consumer=True, inline_const_tensor=True,
                              disallow_if_then_else=True, require_injective=True, require_ordered=True,
                              disallow_op=["tirx.exp"]),
-             rule.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
-             rule.MultiLevelTilingWithIntrin(intrin, structure="SSRSRS", max_innermost_factor=64,
+             rule.AddRFactor(max_jobs_per_core=jobs, max_innermost_factor=innermost),
+             rule.MultiLevelTilingWithIntrin(dot.intrinsic, structure="SSRSRS", max_innermost_factor=innermost,
                                              reuse_write=reuse),
-             rule.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64, reuse_write=reuse),
-             rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
-                                             unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+             rule.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=innermost, reuse_write=reuse),
+             rule.ParallelizeVectorizeUnroll(max_jobs_per_core=jobs, max_vectorize_extent=innermost,
+                                             unroll_max_steps=unroll, unroll_explicit=True),
              rule.RandomComputeLocation()]
     postprocs = [post.DisallowDynamicLoop(), post.RewriteParallelVectorizeUnroll(), post.RewriteReductionBlock(),
                  post.RewriteTensorize(vectorize_init_loop=True), UnvectorizeTensorized(), post.RewriteLayout()]
