@@ -4,7 +4,7 @@ space that tiles integer kernels onto them.
 An integer convolution in NHWC whose weights are packed in tiles (`[KH, KW, O/L, I/4, L, 4]`, see
 harness.compile.packing.dot_product_layout) is, per output pixel, a matrix product over contiguous input
 channels. MetaSchedule's `MultiLevelTilingWithIntrin` tiles it so that its innermost block is
-`C[lanes] += Σ_k<4 A[k] · B[lanes, k]` (uint8 activations × int8 weights, int32 sums), whose weight operand
+`C[lanes] += Σ_k<4 A[k] · B[lanes, k]` (8-bit activations × int8 weights, int32 sums), whose weight operand
 is one contiguous tile, and `RewriteTensorize` replaces that block with:
 
 * `x86-64-v3` (AVX2): `vpmaddubsw` (pairs of u8·i8 products summed in int16, **saturating**), then
@@ -22,8 +22,7 @@ the convolution and 128·Σw is added back after it (harness.compile.packing.dot
 `_neon`, registered here under harness names: TVM's own Arm module takes seconds to import.)
 
 With an exact instruction every integer convolution with a multiple of 4 input channels is packed. On x86
-without VNNI, only those
-whose weights rule the int16 saturation out for every uint8 input are
+without VNNI, only those whose weights rule the int16 saturation out for every uint8 input are
 (harness.compile.packing.pairs_cannot_saturate): a model quantized with 7-bit weights (`reduce_range: true`,
 as ONNX Runtime recommends for CPUs without VNNI) qualifies in every layer, one with full-range int8 weights
 in none. The others keep the generic integer kernels: the harness never changes a model's results for speed.
