@@ -23,7 +23,7 @@ LEVELS = {"x86-64-v3-t2": X86_64_V3, "x86-64-v4-t2": X86_64_V3 | X86_64_V4,
 # What each shipped database covers in full (harness/tuning_db/README.md says how each was made).
 COVERS = {
     "x86-64-v3-t2": ["v1_fp32", "v2_fp32", "v1_int8", "v2_int8", "v1_pruned50", "v1_alpha025", "v1_alpha050",
-                     "v1_alpha075", "v1_res128", "v1_res160", "resnet18_fp32", "resnet50_fp32"],
+                     "v1_alpha075", "v1_res128", "v1_res160", "v1_grid", "resnet18_fp32", "resnet50_fp32"],
     "x86-64-v4-t2": ["v1_fp32", "v2_fp32", "v1_int8", "v2_int8", "v1_pruned50", "v1_alpha025", "v1_alpha050",
                      "v1_alpha075", "v1_res128", "v1_res160", "v1_grid", "resnet18_fp32"],
     "x86-64-v4-vnni-t2": ["v1_fp32", "v2_fp32", "v1_int8", "v2_int8", "v1_pruned50", "v1_pruned_int8", "v1_alpha025",
