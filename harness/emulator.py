@@ -238,6 +238,9 @@ def stop(device: str | None = None, names: set[str] | None = None) -> list[Board
     state.boards = [b for b in state.boards if b not in stopping and _alive(b.pid)]
     if not state.boards and _alive(state.tracker_pid):
         os.killpg(state.tracker_pid, signal.SIGTERM)
+        port, deadline = state.tracker_port, time.monotonic() + 15
+        while port is not None and not _port_free(port) and time.monotonic() < deadline:
+            time.sleep(0.2)  # gone before it returns: a start right after finds the port free
         state.tracker_pid = state.tracker_port = None
     _save_state(state)
     return stopping
