@@ -60,3 +60,18 @@ def tensorized_schedule(workload, target):  # noqa: ANN001, ANN201 (TVM types: i
             return sch
     raise AssertionError(f"no design space tensorizes for {target}")
 
+
+def start_emulated_boards(device: str, boards: int = 1) -> list:
+    """Start `boards` emulated boards of the profile `device`; skips the test, with the reason, where the
+    emulator cannot be set up (no qemu-user-static or debootstrap, not root, no Debian mirror or PyPI)."""
+    from harness import emulator
+    from harness.device import load_device
+    from harness.errors import HarnessError
+
+    profile = load_device(device)
+    try:
+        emulator.setup(emulator.spec_of(profile))
+    except HarnessError as exc:
+        pytest.skip(f"emulator cannot be set up here: {exc}")
+    return emulator.start(profile, boards=boards)
+

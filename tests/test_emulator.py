@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TINY_RECIPE, fresh_tune_trials, run_cli, tensorized_schedule
+from conftest import TINY_RECIPE, fresh_tune_trials, run_cli, start_emulated_boards, tensorized_schedule
 
 from harness import emulator
 from harness.device import load_device
-from harness.errors import HarnessError
 
 pytestmark = pytest.mark.rpi
 
@@ -23,12 +22,7 @@ pytestmark = pytest.mark.rpi
 @pytest.fixture(scope="module")
 def boards():
     """Two emulated rpi4 boards on the profile's tracker, stopped afterwards."""
-    profile = load_device("rpi4")
-    try:
-        emulator.setup(emulator.spec_of(profile))
-    except HarnessError as exc:
-        pytest.skip(f"emulator cannot be set up here: {exc}")
-    started = emulator.start(profile, boards=2)
+    started = start_emulated_boards("rpi4", boards=2)
     yield started
     emulator.stop(names={b.name for b in started})
 
@@ -103,12 +97,7 @@ def test_tuning_measures_candidates_on_the_board(boards, write_recipe, tmp_path)
 @pytest.fixture(scope="module")
 def rpi5_board():
     """One emulated rpi5 board (Cortex-A76, with the dot-product instructions), stopped afterwards."""
-    profile = load_device("rpi5")
-    try:
-        emulator.setup(emulator.spec_of(profile))
-    except HarnessError as exc:
-        pytest.skip(f"emulator cannot be set up here: {exc}")
-    (board,) = emulator.start(profile, boards=1)
+    (board,) = start_emulated_boards("rpi5")
     yield board
     emulator.stop(names={board.name})
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from conftest import tensorized_schedule
+from conftest import start_emulated_boards, tensorized_schedule
 from tvm import relax
 
 from harness.compile import kernels
@@ -153,15 +153,9 @@ def test_arm_dot_product_kernels_emit_the_instructions(target: dict, instruction
 def arm_board(request):  # noqa: ANN001, ANN201
     """An emulated board of each Arm profile (rpi5: Cortex-A76 with the dot product), stopped afterwards."""
     from harness import emulator
-    from harness.errors import HarnessError
 
-    profile = load_device(request.param)
-    try:
-        emulator.setup(emulator.spec_of(profile))
-    except HarnessError as exc:
-        pytest.skip(f"emulator cannot be set up here: {exc}")
-    (board,) = emulator.start(profile, boards=1)
-    yield profile
+    (board,) = start_emulated_boards(request.param)
+    yield load_device(request.param)
     emulator.stop(names={board.name})
 
 

@@ -98,31 +98,23 @@ def _pmaddubs(lanes: int, pmaddubs: str, pmaddwd: str) -> tvm.tirx.PrimFunc:
     return impl
 
 
-@T.prim_func(s_tir=True)
-def _dot_16x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        # (LLVM 17+ declares vpdpbusd's operands <64 x i8>; TVM's own VNNI intrinsic still passes <16 x i32>)
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"),
-            T.reinterpret(T.broadcast(a_i32, 16), dtype="int8x64"), B.vload([0, 0], dtype="int8x64"),
-            dtype="int32x16")
+def _accumulating_dot(lanes: int, activations: str, intrinsic: str) -> tvm.tirx.PrimFunc:
+    """One instruction that adds four 8-bit products per int32 lane to C: VNNI `vpdpbusd`, Arm `sdot`."""
 
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), activations, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a_i32 = T.reinterpret(A.vload([0], f"{activations}x4"), dtype="int32")
+            # (LLVM 17+ declares vpdpbusd's operands <64 x i8>; TVM's own VNNI intrinsic still passes <16 x i32>)
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(intrinsic), C.vload([0], dtype=f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(a_i32, lanes), dtype=f"int8x{4 * lanes}"),
+                B.vload([0, 0], dtype=f"int8x{4 * lanes}"), dtype=f"int32x{lanes}")
 
-@T.prim_func(s_tir=True)
-def _dot_4x4_sdot(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
-                  C: T.Buffer((4,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-        T.writes(C[0:4])
-        a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), C.vload([0], dtype="int32x4"),
-            T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16"), B.vload([0, 0], dtype="int8x16"),
-            dtype="int32x4")
+    return impl
 
 
 @T.prim_func(s_tir=True)
@@ -158,9 +150,9 @@ def register() -> None:
     TensorIntrin.register(AVX2_DOT_8x4, desc_8, _pmaddubs(8, "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"))
     TensorIntrin.register(AVX512_DOT_16x4, desc_16, _pmaddubs(16, "llvm.x86.avx512.pmaddubs.w.512",
                                                                 "llvm.x86.avx512.pmaddw.d.512"))
-    TensorIntrin.register(VNNI_DOT_16x4, desc_16, _dot_16x4_vnni)
+    TensorIntrin.register(VNNI_DOT_16x4, desc_16, _accumulating_dot(16, "uint8", "llvm.x86.avx512.vpdpbusd.512"))
     desc_signed = _dot_desc(4, "int8")
-    TensorIntrin.register(ARM_SDOT_4x4, desc_signed, _dot_4x4_sdot)
+    TensorIntrin.register(ARM_SDOT_4x4, desc_signed, _accumulating_dot(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8"))
     TensorIntrin.register(ARM_NEON_4x4, desc_signed, _dot_4x4_neon)
 
 
