@@ -1,8 +1,10 @@
 """Side-by-side latency benchmark on this host: TVM untuned, TVM tuned, ONNX Runtime and PyTorch.
 
-Every runtime runs the same model variant with the same input, thread count and repeats, in one process,
-one after the other; the table gives each latency as a ratio to ONNX Runtime's (the runtime people use
-when they do not compile). TVM tuned uses the device's tuning database (`harness tune`).
+Every runtime runs the same model variant with the same input, thread count and repeats, in one process. The
+series are interleaved: each round times every runtime of every recipe once, so that a host whose speed drifts
+(a shared cloud machine can slow down by half for minutes) slows all series alike and their ratios hold. The
+table gives each latency as a ratio to ONNX Runtime's (the runtime people use when they do not compile), and
+int8 latencies as a ratio to their fp32 model's. TVM tuned uses the device's tuning database (`harness tune`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from harness.build import Exported, compile_variant, export_variant, preflight, structural
 from harness.compile import Artifact
@@ -24,11 +27,11 @@ from harness.compile.target import build_target, target_json
 from harness.data import calibration_batches, load_data
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
-from harness.measure import LocalExecutor, latency_stats, ort_session, time_callable
-from harness.noise import NoiseLog
+from harness.measure import LatencyStats, LocalExecutor, latency_stats, ort_session
+from harness.noise import Load, NoiseLog, watch
 from harness.results import Conditions, Row, write_table
 from harness.schema import content_hash
-from harness.specs import CompileOptions, QuantizeSpec, Recipe, TuningCoverage
+from harness.specs import CompileOptions, MeasureSpec, QuantizeSpec, Recipe, TuningCoverage
 from harness.tune import tuning_database
 from harness.workspace import Workspace
 
@@ -114,25 +117,69 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
                    tuned=tuned_artifact)
 
 
-def bench_recipe(recipe: Recipe, profile: DeviceProfile, conditions: Conditions, *, repeats: int = 30,
-                 workspace: Workspace | None = None, progress: bool = True) -> tuple[list[Row], Artifact | None]:
-    """One row per runtime for `recipe` on this host, with `vs_ort` = latency / ONNX Runtime latency, and
-    the tuned TVM artifact (None without a database)."""
-    prepared = runners(recipe, profile, workspace=workspace, progress=progress)
-    spec = replace(recipe.measure, repeats=repeats)
-    stats, noise = {}, {}
-    for name, call in prepared.calls.items():
-        log.info("%s: timing %s", recipe.name, name)
-        noise[name] = NoiseLog()
-        stats[name] = noise[name].measure(name, lambda: latency_stats(time_callable(call, spec)))  # noqa: B023 (called at once)
-    ort_ms = stats["onnxruntime"].median_ms
+SETTLE_SECONDS = 0.1
+"""Untimed calls before each sample. The previous series ran another runtime, whose idle workers spin for a while
+and take the cores: on 2 cores, TVM timed right after ONNX Runtime took 4× its time (9.2 against 2.3 ms), ONNX
+Runtime after PyTorch 1.3×; after 0.1 s of its own calls each was back to its time alone (Xeon, 2 threads)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """One timed series of a bench: a runtime of one recipe."""
+
+    runners: Runners
+    name: str
+    spec: MeasureSpec  # the recipe's, with the bench's repeats
+
+    def sample(self) -> float:
+        """One round: untimed calls for `SETTLE_SECONDS` (at least one), then the mean wall time (s) of `number`
+        calls."""
+        call = self.runners.calls[self.name]
+        settled = time.perf_counter() + SETTLE_SECONDS
+        call()
+        while time.perf_counter() < settled:
+            call()
+        start = time.perf_counter()
+        for _ in range(self.spec.number):
+            call()
+        return (time.perf_counter() - start) / self.spec.number
+
+
+def time_interleaved(series: list[_Series], progress: bool = True) -> tuple[list[LatencyStats], Load]:
+    """Each series' statistics over its rounds, and the load other processes put on the host meanwhile.
+
+    Every series is warmed up first; then each round takes one sample of every series in turn."""
+    for one in series:
+        log.info("%s: warming up %s", one.runners.recipe.name, one.name)
+        for _ in range(one.spec.warmup):
+            one.runners.calls[one.name]()
+    rounds = max(one.spec.repeats for one in series)
+    samples: list[list[float]] = [[] for _ in series]
+    with watch() as load:
+        for _ in tqdm(range(rounds), desc="bench", unit="round", disable=None if progress else True, leave=False):
+            for one, taken in zip(series, samples, strict=True):
+                if len(taken) < one.spec.repeats:
+                    taken.append(one.sample())
+    return [latency_stats(taken) for taken in samples], load
+
+
+def _rows(series: list[_Series], stats: list[LatencyStats], load: Load, profile: DeviceProfile,
+          conditions: Conditions) -> list[Row]:
+    """One row per series, with `vs_ort` = latency / the same recipe's ONNX Runtime latency."""
+    ort = {one.runners.recipe.name: s.median_ms for one, s in zip(series, stats, strict=True)
+           if one.name == "onnxruntime"}
     target = target_json(build_target(profile))
-    return [Row(recipe=recipe.name, dtype=prepared.dtype, model=recipe.model.name, width_mult=recipe.width,
-                resolution=recipe.resolution, runtime=name, latency_ms_median=s.median_ms, latency_ms_min=s.min_ms,
-                repeats=s.repeats, latency_cv=s.cv, host_busy=noise[name].busy, noisy=noise[name].reason(),
-                vs_ort=s.median_ms / ort_ms, tuned_kernels=prepared.tuned_kernels.get(name),
-                threads=prepared.threads, batch=spec.batch, device=profile.name, target=target
-                ).stamped(conditions) for name, s in stats.items()], prepared.tuned
+    rows = []
+    for one, s in zip(series, stats, strict=True):
+        recipe, prepared, noise = one.runners.recipe, one.runners, NoiseLog()
+        noise.add(one.name, s.cv, s.spread, load)
+        rows.append(Row(recipe=recipe.name, dtype=prepared.dtype, model=recipe.model.name, width_mult=recipe.width,
+                        resolution=recipe.resolution, runtime=one.name, latency_ms_median=s.median_ms,
+                        latency_ms_min=s.min_ms, repeats=s.repeats, latency_cv=s.cv, host_busy=noise.busy,
+                        noisy=noise.reason(), vs_ort=s.median_ms / ort[recipe.name],
+                        tuned_kernels=prepared.tuned_kernels.get(one.name), threads=prepared.threads,
+                        batch=one.spec.batch, device=profile.name, target=target).stamped(conditions))
+    return rows
 
 
 def with_fp32_ratios(rows: list[Row]) -> list[Row]:
@@ -170,33 +217,32 @@ def _float_twin(recipe: Recipe) -> str:
 
 def _layer_kinds(tuned: list[tuple[Recipe, str, Artifact]], threads: int | None) -> dict[str, pd.DataFrame]:
     """Per layer kind, the tuned int8 artifact of each model against its fp32 one, where both were benched."""
-    from harness.profile import compare_kinds, kernel_times
+    from harness.profile import Profiled, compare_kinds, kernel_times_side_by_side
 
-    def profile(artifact: Artifact) -> pd.DataFrame:
-        return kernel_times(artifact.path, artifact.input_shape, threads=threads, layout=artifact.report.layout)
+    def profiled(artifact: Artifact) -> Profiled:
+        return Profiled(artifact.path, artifact.input_shape, layout=artifact.report.layout)
 
     fp32 = {_float_twin(recipe): (recipe, artifact) for recipe, dtype, artifact in tuned if dtype == "fp32"}
     tables = {}
     for recipe, dtype, artifact in tuned:
         if dtype == "int8" and (twin := fp32.get(_float_twin(recipe))) is not None:
-            tables[f"{twin[0].name} vs {recipe.name}"] = compare_kinds(profile(twin[1]), profile(artifact),
-                                                                       ("fp32", "int8"))
+            both = kernel_times_side_by_side([profiled(twin[1]), profiled(artifact)], threads=threads)
+            tables[f"{twin[0].name} vs {recipe.name}"] = compare_kinds(*both, ("fp32", "int8"))
     return tables
 
 
 def bench(recipes: list[Recipe], profile: DeviceProfile, *, repeats: int = 30, workspace: Workspace | None = None,
           progress: bool = True) -> BenchResult:
-    """Bench every recipe in one process; the rows are also written as a CSV under `results/bench/`."""
+    """Bench every recipe in one process, their series interleaved; the rows are also written as a CSV under
+    `results/bench/`."""
     ws = workspace or Workspace()
     run_id = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     conditions = Conditions.now(run_id)
-    rows, tuned = [], []
-    for recipe in recipes:
-        recipe_rows, artifact = bench_recipe(recipe, profile, conditions, repeats=repeats, workspace=ws,
-                                             progress=progress)
-        rows += recipe_rows
-        if artifact is not None:
-            tuned.append((recipe, recipe_rows[0].dtype, artifact))
-    rows = with_fp32_ratios(rows)
+    prepared = [runners(recipe, profile, workspace=ws, progress=progress) for recipe in recipes]
+    series = [_Series(p, name, replace(p.recipe.measure, repeats=repeats)) for p in prepared for name in p.calls]
+    log.info("timing %d series of %d recipes interleaved, %d rounds", len(series), len(recipes), repeats)
+    stats, load = time_interleaved(series, progress)
+    rows = with_fp32_ratios(_rows(series, stats, load, profile, conditions))
     path = write_table(rows, ws.root / "bench" / f"{run_id}.csv")
+    tuned = [(p.recipe, p.dtype, p.tuned) for p in prepared if p.tuned is not None]
     return BenchResult(rows=rows, path=path, layer_kinds=_layer_kinds(tuned, profile.thread_count))

@@ -1,11 +1,11 @@
-"""Per-kernel latency of a compiled artifact: the Relax VM's instrument hook times every kernel call (TVM 0.27's
-Relax VM has no profiler of its own), summed over runs and grouped into layer kinds."""
+"""Per-kernel latency of a compiled artifact (TVM 0.27's Relax VM has no profiler of its own): each kernel timed by
+itself with TVM's time evaluator on the arguments an inference gave it, grouped into layer kinds."""
 
 from __future__ import annotations
 
-import re
-import time
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,43 +49,93 @@ def kind_of(kernel: str, args: list[tuple[int, ...]] | None = None, layout: str 
     return next((kind for key, kind in KINDS if key in kernel), "other")
 
 
-def kernel_times(lib: Path, input_shape: tuple[int, ...], dtype: str = "float32", *, threads: int | None = None,
-                 runs: int = 10, layout: str = "NHWC") -> pd.DataFrame:
-    """Mean milliseconds per inference spent in each kernel of `lib` (VM built-ins left out), longest first,
-    with its layer kind and share of the kernels' total. `layout`: of the artifact's convolutions (which
+@dataclass(frozen=True, slots=True)
+class Profiled:
+    """A compiled artifact to profile: its library, input shape and dtype, and its convolutions' layout (which
     tells where their argument shapes keep the channels)."""
+    lib: Path
+    input_shape: tuple[int, ...]
+    dtype: str = "float32"
+    layout: str = "NHWC"
+
+
+@dataclass(frozen=True, slots=True)
+class _Kernel:
+    symbol: str
+    kind: str
+    calls: int  # per inference
+    timer: Callable[..., object]  # TVM's time evaluator of the kernel (its `mean`: seconds per call)
+    args: tuple[object, ...]  # of its first call in an inference, outputs last
+
+
+def _kernels(artifact: Profiled, runs: int) -> list[_Kernel]:
+    """The kernels one inference of `artifact` calls (VM built-ins left out), each with its arguments and a
+    timer of `runs` calls (the Relax VM's instrument hook records them)."""
     import tvm
     from tvm import relax
 
-    from harness.measure import set_tvm_threads
-
-    set_tvm_threads(threads)
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
-    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(input_shape).astype(dtype))
+    module = tvm.runtime.load_module(str(artifact.lib))
+    vm = relax.VirtualMachine(module, tvm.cpu())
+    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(artifact.input_shape).astype(artifact.dtype))
     vm["main"](x)  # warm up
-    spent: defaultdict[str, float] = defaultdict(float)
+    arguments: dict[str, tuple[object, ...]] = {}
     calls: Counter[str] = Counter()
-    started: dict[str, float] = {}
-    shapes: dict[str, list[tuple[int, ...]]] = {}  # of each kernel's arguments, outputs last
 
     def instrument(_func: object, symbol: str, before: bool, _ret: object, *args: object) -> int:
-        if before:
-            if symbol not in shapes:
-                shapes[symbol] = [tuple(int(d) for d in a.shape) for a in args if hasattr(a, "shape")]
-            started[symbol] = time.perf_counter()
-        else:
-            spent[symbol] += time.perf_counter() - started.pop(symbol)
+        if before and not symbol.startswith("vm.builtin."):
+            arguments.setdefault(symbol, args)
             calls[symbol] += 1
         return 0
 
     vm.set_instrument(instrument)
-    for _ in range(runs):
-        vm["main"](x)
-    rows = [{"kernel": k, "kind": kind_of(k, shapes.get(k), layout), "calls": calls[k] // runs,
-             "ms": spent[k] / runs * 1e3} for k in spent if not re.match(r"vm\.builtin\.", k)]
-    frame = pd.DataFrame(rows).sort_values("ms", ascending=False, ignore_index=True)
-    frame["share"] = frame["ms"] / frame["ms"].sum()
-    return frame
+    vm["main"](x)
+    kernels = []
+    for symbol, args in arguments.items():
+        library = next(m for m in _libraries(module) if m.implements_function(symbol, False))
+        shapes = [tuple(int(d) for d in a.shape) for a in args if hasattr(a, "shape")]
+        kernels.append(_Kernel(symbol, kind_of(symbol, shapes, artifact.layout), calls[symbol],
+                               library.time_evaluator(symbol, tvm.cpu(), number=runs, repeat=1), args))
+    return kernels
+
+
+def _libraries(module: object) -> list:
+    """`module` and everything it imports, depth first (the kernels live in an imported library)."""
+    return [module, *(m for imported in module.imports for m in _libraries(imported))]
+
+
+def kernel_times_side_by_side(artifacts: Sequence[Profiled], *, threads: int | None = None, rounds: int = 5,
+                              runs: int = 10) -> list[pd.DataFrame]:
+    """Milliseconds per inference spent in each kernel of each artifact, longest first, with its layer kind and
+    share of the artifact's kernels' total.
+
+    Each kernel is timed by itself on the arguments an inference gave it (TVM's time evaluator, `runs` calls),
+    in `rounds` rounds that visit every kernel of every artifact in turn, so that drift on the host hits all
+    artifacts alike; a kernel's figure is its median over the rounds. (Timing inside the VM's instrument hook
+    instead would add a Python round trip to every kernel call and let the thread pool fall asleep between
+    kernels: that inflated small kernels several-fold.)"""
+    from harness.measure import set_tvm_threads
+
+    set_tvm_threads(threads)
+    profiled = [_kernels(artifact, runs) for artifact in artifacts]
+    samples: list[list[list[float]]] = [[[] for _ in kernels] for kernels in profiled]
+    for _ in range(rounds):
+        for kernels, times in zip(profiled, samples, strict=True):
+            for kernel, kernel_samples in zip(kernels, times, strict=True):
+                kernel_samples.append(kernel.timer(*kernel.args).mean * 1e3 * kernel.calls)
+    frames = []
+    for kernels, times in zip(profiled, samples, strict=True):
+        frame = pd.DataFrame([{"kernel": k.symbol, "kind": k.kind, "calls": k.calls, "ms": float(np.median(t))}
+                              for k, t in zip(kernels, times, strict=True)])
+        frame = frame.sort_values("ms", ascending=False, ignore_index=True)
+        frame["share"] = frame["ms"] / frame["ms"].sum()
+        frames.append(frame)
+    return frames
+
+
+def kernel_times(artifact: Profiled, *, threads: int | None = None, rounds: int = 5, runs: int = 10
+                 ) -> pd.DataFrame:
+    """`kernel_times_side_by_side` of one artifact."""
+    return kernel_times_side_by_side([artifact], threads=threads, rounds=rounds, runs=runs)[0]
 
 
 def by_kind(kernels: pd.DataFrame) -> pd.Series:

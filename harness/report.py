@@ -139,7 +139,7 @@ def _kernels(kernels: pd.DataFrame | None, recipe: str | None):  # noqa: ANN202
 
 def profile_row(rows: pd.DataFrame, recipe: str, runs_dir: Path) -> tuple[pd.DataFrame | None, str]:
     """Per-kernel times of `recipe`'s latest artifact (from its run folder), and a line saying what was profiled."""
-    from harness.profile import kernel_times
+    from harness.profile import Profiled, kernel_times
 
     match = rows[rows["recipe"] == recipe]
     if match.empty:
@@ -151,7 +151,7 @@ def profile_row(rows: pd.DataFrame, recipe: str, runs_dir: Path) -> tuple[pd.Dat
     shape = (int(row["batch"]), 3, int(row["resolution"]), int(row["resolution"]))
     threads = None if pd.isna(row["threads"]) else int(row["threads"])
     layout = str(row["layout"]) if "layout" in row and isinstance(row["layout"], str) else "NCHW"
-    kernels = kernel_times(libs[-1], shape, threads=threads, layout=layout)
+    kernels = kernel_times(Profiled(libs[-1], shape, layout=layout), threads=threads)
     return kernels, f"{recipe} ({libs[-1].name}, run {row['run_id']}, {threads} threads, this host)"
 
 

@@ -1,9 +1,18 @@
-"""`harness bench` arithmetic: int8 rows are compared with the fp32 row of the same runtime and schedules."""
+"""`harness bench`: its interleaved rounds, its rows, and int8 rows compared with the fp32 row of the same runtime and
+schedules."""
+
+import re
+from dataclasses import replace
 
 import pytest
+from conftest import TINY_RECIPE
 
-from harness.bench import with_fp32_ratios
+from harness.bench import Runners, _Series, bench, time_interleaved, with_fp32_ratios
+from harness.device import load_device
+from harness.recipe import recipe_from_dict
 from harness.results import Row
+from harness.specs import MeasureSpec
+from harness.workspace import Workspace
 
 
 def _row(dtype: str, runtime: str, ms: float, width: float = 1.0) -> Row:
@@ -40,3 +49,29 @@ def test_shipped_recipes_find_their_float_twin() -> None:
     assert len(set(twins.values())) > 1  # usable as dict keys
     assert twins["v1_int8"] == twins["v1_fp32"] and twins["v2_int8"] == twins["v2_fp32"]
     assert twins["v1_pruned50"] != twins["v1_fp32"]
+
+
+def test_series_are_timed_in_interleaved_rounds() -> None:
+    """Each round takes one sample of every series in turn (after all were warmed up), so a host that slows down
+    midway slows every series alike; a series with fewer repeats stops early."""
+    calls: list[str] = []
+    recipe = recipe_from_dict(TINY_RECIPE, "tiny")
+    made = Runners(recipe=recipe, dtype="fp32", threads=1, calls={n: (lambda n=n: calls.append(n)) for n in "ab"},
+                   tuned_kernels={}, tuned=None)
+    spec = MeasureSpec(repeats=3, number=2, warmup=1)
+    series = [_Series(made, "a", spec), _Series(made, "b", replace(spec, repeats=2))]
+    stats, load = time_interleaved(series, progress=False)
+    assert [s.repeats for s in stats] == [3, 2] and load.seconds > 0
+    # warm-up a, b; then per round: a's settling calls (at least one) and its 2 timed calls, then b's likewise
+    assert re.fullmatch("ab" + "(a+aab+bb)" * 2 + "a+aa", "".join(calls)), "".join(calls)
+
+
+def test_bench_gives_every_runtime_a_row_with_its_ratio_to_onnx_runtime(tmp_path) -> None:
+    """`bench` end to end on a tiny recipe: a row per runtime, ONNX Runtime's ratio 1, the CSV written."""
+
+    result = bench([recipe_from_dict(TINY_RECIPE, "tiny")], load_device("x86"), repeats=3,
+                   workspace=Workspace(tmp_path), progress=False)
+    rows = {r.runtime: r for r in result.rows}
+    assert {"tvm untuned", "tvm tuned", "onnxruntime", "pytorch"} <= set(rows)
+    assert rows["onnxruntime"].vs_ort == 1 and all(r.repeats == 3 and r.latency_ms_median > 0 for r in rows.values())
+    assert result.path.is_file() and len(result.path.read_text().splitlines()) == len(rows) + 1

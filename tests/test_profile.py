@@ -11,7 +11,7 @@ from harness.compile import compile_onnx
 from harness.device import ConvLayout, load_device
 from harness.export import export_onnx
 from harness.models import build_model
-from harness.profile import compare_kinds, conv_kind, kernel_times
+from harness.profile import Profiled, compare_kinds, conv_kind, kernel_times
 
 
 def test_convolutions_are_told_apart_by_their_argument_shapes() -> None:
@@ -31,7 +31,8 @@ def test_kernel_times_group_a_mobilenet_into_its_layer_kinds(layout: ConvLayout,
     model = build_model("test_mobilenet_v1", width=0.25, num_classes=10).eval()
     onnx_model = export_onnx(model, tmp_path / "m.onnx", resolution=32)
     artifact = compile_onnx(onnx_model, replace(load_device("x86"), layout=layout), tmp_path / "m.so")
-    kernels = kernel_times(artifact.path, artifact.input_shape, threads=1, runs=3, layout=str(layout))
+    kernels = kernel_times(Profiled(artifact.path, artifact.input_shape, layout=str(layout)), threads=1, rounds=2,
+                           runs=3)
     counts = kernels.groupby("kind")["calls"].sum()
     # the test network: a 3x3 stem, then depthwise-separable blocks (depthwise + 1x1 each), then the classifier
     assert counts["3x3 convolution"] == 1 and counts["depthwise convolution"] == counts["1x1 convolution"] >= 4
