@@ -156,6 +156,32 @@ def test_a_tvm_error_in_a_chunk_retunes_its_kernels_one_by_one(tmp_path: Path, m
     assert "one by one" in caplog.text and f"tuning kernel {first} ended on a TVM error" in caplog.text
 
 
+class _Draws:
+    """A search strategy's batches: the first `failing` draws fail as TVM does on some packed int8 candidates."""
+
+    def __init__(self, failing: int) -> None:
+        self.failing, self.draws = failing, 0
+
+    def generate_measure_candidates(self) -> list:
+        self.draws += 1
+        if self.draws <= self.failing:
+            raise tvm.error.InternalError("Check failed: (ind.as<PrimVar>()) is false:")
+        return []  # an (empty) batch
+
+
+@pytest.mark.parametrize("failing", [tuning.DRAWS - 1, tuning.DRAWS])
+def test_a_batch_tvm_cannot_prepare_is_drawn_again_then_its_task_ends(failing: int, caplog) -> None:
+    """A batch of candidates that fails to assemble is drawn anew; after `DRAWS` failures the task ends (no more
+    candidates) instead of the whole tuning session."""
+    draws = _Draws(failing)
+    with caplog.at_level(logging.WARNING, logger=tuning.__name__):
+        batch = tuning._RedrawingSearch(draws).generate_measure_candidates()
+    if failing < tuning.DRAWS:
+        assert batch is not None and len(batch) == 0 and draws.draws == failing + 1 and not caplog.text
+    else:
+        assert batch is None and draws.draws == tuning.DRAWS and "could not prepare" in caplog.text
+
+
 def test_meta_schedule_configures_its_loggers_beside_a_foreign_handler(tmp_path: Path) -> None:
     """A session after something in the process gave MetaSchedule's logger an unnamed handler (seen in CI,
     after the emulator tests) configures its loggers instead of failing inside `logging.config`."""
