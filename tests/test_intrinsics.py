@@ -8,9 +8,10 @@ import pytest
 import tvm
 from conftest import start_emulated_boards, tensorized_schedule
 from tvm import relax
+from tvm.s_tir import meta_schedule as ms
 
 from harness.compile import kernels
-from harness.compile.intrinsics import ARM_NEON_4x4, ARM_SDOT_4x4, DotProduct, dot_product
+from harness.compile.intrinsics import ARM_NEON_4x4, ARM_SDOT_4x4, DotProduct, design_space, dot_product
 from harness.compile.packing import dot_product_layout, pack_weights, pairs_cannot_saturate
 from harness.compile.target import VNNI, X86_64_V3, X86_64_V4, host_cpu_flags
 from harness.device import load_device
@@ -35,13 +36,16 @@ def test_pairs_cannot_saturate() -> None:
 
 
 def _integer_conv(hwio: np.ndarray) -> tvm.IRModule:
-    """An integer NHWC convolution (uint8 × int8 → int32) as harness.compile.integer writes it."""
+    """An integer NHWC convolution (uint8 × int8 → int32) as harness.compile.integer writes it; with float32
+    weights, a float32 one."""
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 8, 8, hwio.shape[2]), "uint8"))
+    floating = hwio.dtype == np.float32
+    x = relax.Var("x", relax.TensorType((1, 8, 8, hwio.shape[2]), "float32" if floating else "uint8"))
     with bb.function("main", [x]):
         with bb.dataflow():
             y = bb.emit(relax.op.nn.conv2d(x, relax.const(hwio), padding=[hwio.shape[0] // 2] * 4,
-                                           data_layout="NHWC", kernel_layout="HWIO", out_dtype="int32"))
+                                           data_layout="NHWC", kernel_layout="HWIO",
+                                           out_dtype="float32" if floating else "int32"))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     return bb.get()
@@ -187,3 +191,24 @@ def test_arm_dot_product_kernels_are_exact_on_the_board(arm_board, kernel: int, 
         str(lib), fcompile=cc.cross_compiler(arm_board.cross_compiler))
     out = RemoteExecutor(connect(arm_board), lib, threads=1).run(x)
     np.testing.assert_array_equal(out[0], _reference(x, w))
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_packed_weights_keep_their_layout_and_other_weights_are_rewritten(window: int) -> None:
+    """Packed kernels' candidates keep the packed weight layout (`RewriteLayoutUnlessPacked`): with it rewritten,
+    TVM could not list a packed 3×3 candidate's arguments (`ind.as<PrimVar>()`), so none could be measured. The
+    float convolution still gets its weights laid out for its schedule."""
+    w = np.random.default_rng(0).integers(-64, 65, (window, window, 16, 32)).astype(np.int8)
+    target = tvm.target.Target(V4_VNNI)
+    packed, converted = dot_product_layout(_integer_conv(w))
+    assert converted == 1
+    for mod, rewritten in ((packed, False), (_integer_conv(w.astype(np.float32)), True)):
+        (task,) = [t for t in kernels.extract_tasks([mod], target) if "conv2d" in t.task_name]
+        context = ms.TuneContext(mod=task.dispatched[0], target=target, space_generator=design_space(target),
+                                 rand_state=0)
+        spaces = [s for s in context.generate_design_space()
+                  if all(p.apply(s) for p in context.space_generator.postprocs)]
+        assert spaces
+        assert any("layout_rewrite_preproc" in sch.mod.script() for sch in spaces) == rewritten
+        for sch in spaces:
+            assert ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)

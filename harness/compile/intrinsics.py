@@ -214,6 +214,34 @@ class UnvectorizeTensorized(ms.postproc.PyPostproc):
         return UnvectorizeTensorized()
 
 
+PACKED_RANK = 6  # packed weights: [KH, KW, O/L, I/4, L, 4] (harness.compile.packing)
+
+
+@derived_object
+class RewriteLayoutUnlessPacked(ms.postproc.PyPostproc):
+    """MetaSchedule's `RewriteLayout` (weights reordered to the order a schedule reads them, once, at build time),
+    except for kernels whose weights are already packed for a dot-product intrinsic (a 6-D weight,
+    harness.compile.packing). Those are read tile by tile as they lie; and for packed 3×3 convolutions TVM
+    cannot undo the rewritten layout when it lists a candidate's arguments (`RemoveWeightLayoutRewriteBlock`:
+    `Check failed: (ind.as<PrimVar>())`), so every batch of their candidates failed and they could not be
+    tuned at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewrite = ms.postproc.RewriteLayout()
+
+    def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
+        self.rewrite._initialize_with_tune_context(context)  # noqa: SLF001 (the protocol's own method)
+
+    def apply(self, sch: tvm.s_tir.Schedule) -> bool:
+        packed = any(len(arg.shape) == PACKED_RANK for func in sch.mod.functions.values()
+                     for arg in ms.arg_info.ArgInfo.from_prim_func(func))
+        return True if packed else self.rewrite.apply(sch)
+
+    def clone(self) -> RewriteLayoutUnlessPacked:
+        return RewriteLayoutUnlessPacked()
+
+
 def load_cpu_tensor_intrinsics() -> None:
     """Register TVM's x86 and Arm tensor intrinsics (those MetaSchedule's CPU rules name) without the rest.
 
@@ -258,5 +286,5 @@ def design_space(target: tvm.target.Target) -> ms.space_generator.SpaceGenerator
                                              unroll_max_steps=unroll, unroll_explicit=True),
              rule.RandomComputeLocation()]
     postprocs = [post.DisallowDynamicLoop(), post.RewriteParallelVectorizeUnroll(), post.RewriteReductionBlock(),
-                 post.RewriteTensorize(vectorize_init_loop=True), UnvectorizeTensorized(), post.RewriteLayout()]
+                 post.RewriteTensorize(vectorize_init_loop=True), UnvectorizeTensorized(), RewriteLayoutUnlessPacked()]
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs="llvm")
