@@ -10,7 +10,7 @@ import torch
 import tvm
 from conftest import TINY_RECIPE, fresh_tune_trials, run_cli
 
-from harness.compile import database, import_onnx, kernels, prepare_module, tuning
+from harness.compile import database, import_onnx, kernels, prepare_module, search, tuning
 from harness.compile.target import build_target, target_key, target_spec
 from harness.device import load_device
 from harness.errors import HarnessError
@@ -169,17 +169,17 @@ class _Draws:
         return []  # an (empty) batch
 
 
-@pytest.mark.parametrize("failing", [tuning.DRAWS - 1, tuning.DRAWS])
+@pytest.mark.parametrize("failing", [search.DRAWS - 1, search.DRAWS])
 def test_a_batch_tvm_cannot_prepare_is_drawn_again_then_its_task_ends(failing: int, caplog) -> None:
     """A batch of candidates that fails to assemble is drawn anew; after `DRAWS` failures the task ends (no more
     candidates) instead of the whole tuning session."""
     draws = _Draws(failing)
-    with caplog.at_level(logging.WARNING, logger=tuning.__name__):
-        batch = tuning._RedrawingSearch(draws).generate_measure_candidates()
-    if failing < tuning.DRAWS:
+    with caplog.at_level(logging.WARNING, logger=search.__name__):
+        batch = search.RedrawingSearch(draws).generate_measure_candidates()
+    if failing < search.DRAWS:
         assert batch is not None and len(batch) == 0 and draws.draws == failing + 1 and not caplog.text
     else:
-        assert batch is None and draws.draws == tuning.DRAWS and "could not prepare" in caplog.text
+        assert batch is None and draws.draws == search.DRAWS and "could not prepare" in caplog.text
 
 
 def test_meta_schedule_configures_its_loggers_beside_a_foreign_handler(tmp_path: Path) -> None:

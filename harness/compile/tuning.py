@@ -15,13 +15,13 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
-from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate, PySearchStrategy
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
 from harness import cache
 from harness.compile.database import compact, database_fingerprint, open_database
 from harness.compile.intrinsics import design_space
 from harness.compile.kernels import coverage, extract_tasks, is_tuned
+from harness.compile.search import RedrawingSearch
 from harness.device import DeviceProfile, parse_hostport
 from harness.errors import HarnessError, last_line
 from harness.specs import TuningCoverage
@@ -212,63 +212,13 @@ def release_foreign_log_handlers() -> list[logging.Handler]:
     return foreign
 
 
-DRAWS = 4  # batches of candidates drawn for one iteration of a task before it is given up
-
-
-@derived_object
-class _RedrawingSearch(PySearchStrategy):
-    """MetaSchedule's evolutionary search, except when TVM cannot prepare a drawn batch of candidates.
-
-    For some packed int8 kernels, a candidate's rewritten weight layout makes `ArgInfo::FromEntryFunc` (which
-    removes the layout-rewrite blocks to find the arguments) fail its `ind.as<PrimVar>()` check. That error
-    surfaces from the strategy's `generate_measure_candidates` and used to end the whole tuning session, so
-    that the chunk's other kernels lost their records. Here the batch is drawn again (the search samples
-    anew), up to `DRAWS` times; then the task ends with the records it has, and the session goes on.
-    """
-
-    def __init__(self, inner: ms.search_strategy.SearchStrategy | None = None) -> None:
-        super().__init__()
-        self.inner = inner or ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32,
-                                                                    genetic_num_iters=3)
-        self.task = ""
-
-    def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
-        self.task = str(context.task_name)
-        self.inner._initialize_with_tune_context(context)  # noqa: SLF001 (the protocol's own method)
-
-    def pre_tuning(self, max_trials: int, num_trials_per_iter: int, design_spaces: list, database=None,  # noqa: ANN001
-                   cost_model=None) -> None:  # noqa: ANN001
-        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
-
-    def post_tuning(self) -> None:
-        self.inner.post_tuning()
-
-    def generate_measure_candidates(self) -> list[MeasureCandidate] | None:
-        for draw in range(DRAWS):
-            try:
-                return self.inner.generate_measure_candidates()
-            except tvm.error.InternalError as exc:
-                log.debug("%s: a batch of candidates failed to assemble (%s); draw %d", self.task, last_line(exc),
-                          draw + 1)
-                error = exc
-        log.warning("tuning kernel %s: %d batches of candidates TVM could not prepare (%s); it keeps the records "
-                    "it has", self.task, DRAWS, last_line(error))
-        return None
-
-    def notify_runner_results(self, measure_candidates: list[MeasureCandidate], results: list) -> None:
-        self.inner.notify_runner_results(measure_candidates, results)
-
-    def clone(self) -> ms.search_strategy.SearchStrategy:
-        return _RedrawingSearch(self.inner.clone())
-
-
 def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_dir: Path, session: _Session,
                 builder: WarmBuilder, runner: ms.runner.Runner, per_task: int, trials: int) -> None:
     """One MetaSchedule session over `tasks`. Its scheduler measures a first pass over all of them before
     any record is committed, which is why a long list is tuned in chunks (a kill loses one chunk at most)."""
     if trials <= 0:
         return
-    strategy = _RedrawingSearch()
+    strategy = RedrawingSearch()
     release_foreign_log_handlers()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         tasks, str(work_dir), space=design_space(tasks[0].target), strategy=strategy)
