@@ -21,21 +21,24 @@ LEVELS = {"x86-64-v3-t2": X86_64_V3, "x86-64-v4-t2": X86_64_V3 | X86_64_V4,
           "x86-64-v4-vnni-t2": X86_64_V3 | X86_64_V4 | {VNNI}}
 
 # What each shipped database covers in full (harness/tuning_db/README.md says how each was made).
+ALL = ["v1_fp32", "v2_fp32", "v1_int8", "v2_int8", "v1_pruned50", "v1_pruned_int8", "v2_pruned_int8", "v1_alpha025",
+       "v1_alpha050", "v1_alpha075", "v1_res128", "v1_res160", "v1_grid", "resnet18_fp32", "resnet18_int8",
+       "resnet50_fp32", "vgg16_fp32", "vgg16_int8"]
 COVERS = {
-    "x86-64-v3-t2": ["v1_fp32", "v2_fp32", "v1_int8", "v2_int8", "v1_pruned50", "v1_alpha025", "v1_alpha050",
-                     "v1_alpha075", "v1_res128", "v1_res160", "v1_grid", "resnet18_fp32", "resnet50_fp32"],
+    "x86-64-v3-t2": ALL,
     "x86-64-v4-t2": ["v1_fp32", "v2_fp32", "v1_int8", "v2_int8", "v1_pruned50", "v1_alpha025", "v1_alpha050",
-                     "v1_alpha075", "v1_res128", "v1_res160", "v1_grid", "resnet18_fp32"],
-    "x86-64-v4-vnni-t2": ["v1_fp32", "v2_fp32", "v1_int8", "v2_int8", "v1_pruned50", "v1_pruned_int8", "v1_alpha025",
-                          "v1_alpha050", "v1_alpha075", "v1_res128", "v1_res160", "v1_grid", "resnet18_fp32"],
+                     "v1_alpha075", "v1_res128", "v1_res160", "v1_grid", "resnet18_fp32", "resnet50_fp32",
+                     "vgg16_fp32"],
+    "x86-64-v4-vnni-t2": ALL,
 }
 
 
 def test_every_shipped_database_has_a_known_level_and_coverage() -> None:
     shipped = sorted(p.name for p in database.SHIPPED_DIR.iterdir() if database.shipped_dir(p.name))
     assert shipped == sorted(COVERS) == sorted(LEVELS)
+    assert sorted(ALL) == sorted(available_recipes())
     for recipes in COVERS.values():
-        assert set(recipes) <= set(available_recipes())
+        assert set(recipes) <= set(ALL)
 
 
 def _coverage(key: str, recipe: str, tmp_path: Path) -> TuningCoverage:
