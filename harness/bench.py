@@ -27,7 +27,7 @@ from harness.compile.target import build_target, target_json
 from harness.data import calibration_batches, load_data
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
-from harness.measure import LatencyStats, LocalExecutor, latency_stats, ort_session
+from harness.measure import LatencyStats, LocalExecutor, latency_stats, ort_session, time_callable
 from harness.noise import Load, NoiseLog, watch
 from harness.results import Conditions, Row, write_table
 from harness.schema import content_hash
@@ -139,10 +139,7 @@ class _Series:
         call()
         while time.perf_counter() < settled:
             call()
-        start = time.perf_counter()
-        for _ in range(self.spec.number):
-            call()
-        return (time.perf_counter() - start) / self.spec.number
+        return time_callable(call, replace(self.spec, warmup=0, repeats=1))[0]
 
 
 def time_interleaved(series: list[_Series], progress: bool = True) -> tuple[list[LatencyStats], Load]:

@@ -228,15 +228,18 @@ class RewriteLayoutUnlessPacked(ms.postproc.PyPostproc):
 
     def __init__(self) -> None:
         super().__init__()
-        self.rewrite = ms.postproc.RewriteLayout()
+        self.rewrite, self.packed = ms.postproc.RewriteLayout(), None
 
     def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
+        # (a property of the task's workload, not of each candidate: looked at once)
+        self.packed = any(len(arg.shape) == PACKED_RANK for func in context.mod.functions.values()
+                          for arg in ms.arg_info.ArgInfo.from_prim_func(func))
         self.rewrite._initialize_with_tune_context(context)  # noqa: SLF001 (the protocol's own method)
 
     def apply(self, sch: tvm.s_tir.Schedule) -> bool:
-        packed = any(len(arg.shape) == PACKED_RANK for func in sch.mod.functions.values()
-                     for arg in ms.arg_info.ArgInfo.from_prim_func(func))
-        return True if packed else self.rewrite.apply(sch)
+        if self.packed is None:
+            raise RuntimeError("RewriteLayoutUnlessPacked applied before its tune context was set")
+        return True if self.packed else self.rewrite.apply(sch)
 
     def clone(self) -> RewriteLayoutUnlessPacked:
         return RewriteLayoutUnlessPacked()

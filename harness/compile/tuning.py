@@ -236,9 +236,10 @@ def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_di
         # (it checks `!task->is_terminated`); every measured record is in the database by then.
         if session.stopped and "is_terminated" in str(exc):
             return
-        # A candidate TVM cannot handle (seen: RemoveWeightLayoutRewriteBlock on packed int8 kernels) ends the
-        # whole MetaSchedule session and loses the records of this chunk not yet committed. The kernels still
-        # without a record are tuned again one by one, so that only the one that fails is left untuned.
+        # A TVM error the search does not absorb (search.RedrawingSearch handles candidates that fail to
+        # assemble) ends the whole MetaSchedule session and loses the records of this chunk not yet committed.
+        # The kernels still without a record are tuned again one by one, so that only the one that fails is
+        # left untuned.
         if len(tasks) == 1:
             log.warning("tuning kernel %s ended on a TVM error: %s", tasks[0].task_name,
                         last_line(exc))
