@@ -26,9 +26,7 @@ ALL = ["v1_fp32", "v2_fp32", "v1_int8", "v2_int8", "v1_pruned50", "v1_pruned_int
        "resnet50_fp32", "vgg16_fp32", "vgg16_int8"]
 COVERS = {
     "x86-64-v3-t2": ALL,
-    "x86-64-v4-t2": ["v1_fp32", "v2_fp32", "v1_int8", "v2_int8", "v1_pruned50", "v1_alpha025", "v1_alpha050",
-                     "v1_alpha075", "v1_res128", "v1_res160", "v1_grid", "resnet18_fp32", "resnet50_fp32",
-                     "vgg16_fp32"],
+    "x86-64-v4-t2": ALL,
     "x86-64-v4-vnni-t2": ALL,
 }
 
