@@ -11,7 +11,15 @@ from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 
 from harness.compile import kernels
-from harness.compile.intrinsics import ARM_NEON_4x4, ARM_SDOT_4x4, DotProduct, design_space, dot_product
+from harness.compile.intrinsics import (
+    ARM_NEON_4x4,
+    ARM_SDOT_4x4,
+    AVX2_DOT_8x4,
+    DotProduct,
+    VNNI_DOT_8x4,
+    design_space,
+    dot_product,
+)
 from harness.compile.packing import dot_product_layout, pack_weights, pairs_cannot_saturate
 from harness.compile.target import VNNI, X86_64_V3, X86_64_V4, host_cpu_flags
 from harness.device import load_device
@@ -65,6 +73,8 @@ def test_only_weights_that_cannot_saturate_are_packed_unless_the_instruction_is_
     assert dot_product_layout(_integer_conv(full_range))[1] == 0
     assert dot_product_layout(_integer_conv(full_range), exact=True)[1] == 1
     assert [dot_product(tvm.target.Target(t)).exact for t in (V3, V4, V4_VNNI)] == [False, False, True]
+    assert [dot_product(tvm.target.Target(t)).narrow for t in (V3, V4, V4_VNNI)] == [None, AVX2_DOT_8x4,
+                                                                                     VNNI_DOT_8x4]
     assert dot_product(tvm.target.Target(RPI5)) == DotProduct(ARM_SDOT_4x4, exact=True, signed=True)
     assert dot_product(tvm.target.Target(RPI4)) == DotProduct(ARM_NEON_4x4, exact=True, signed=True)
     assert dot_product(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})) is None  # below AVX2
@@ -95,7 +105,8 @@ def _check_kernel(target: dict, w: np.ndarray, instruction: str, register: str, 
     assert any(instruction in line and register in line for line in asm)
     if run:
         out = tvm.runtime.tensor(np.zeros((1, 8, 8, w.shape[3]), np.int32))
-        built(tvm.runtime.tensor(x), tvm.runtime.tensor(pack_weights(w.transpose(0, 1, 3, 2), 16)), out)
+        lanes = 16 if w.shape[3] % 16 == 0 else 8  # as harness.compile.packing packs them
+        built(tvm.runtime.tensor(x), tvm.runtime.tensor(pack_weights(w.transpose(0, 1, 3, 2), lanes)), out)
         np.testing.assert_array_equal(out.numpy()[0], _reference(x, w))
 
 
@@ -112,17 +123,19 @@ _HOST = host_cpu_flags()
 @pytest.mark.parametrize(("target", "instruction", "needs", "full_range"),
                          [(V4, "vpmaddubsw", X86_64_V4, False), (V4_VNNI, "vpdpbusd", X86_64_V4 | {VNNI}, True)],
                          ids=["x86-64-v4", "x86-64-v4-vnni"])
+@pytest.mark.parametrize(("out_channels", "register"), [(32, "zmm"), (24, "ymm")], ids=["16-lane", "8-lane"])
 def test_avx512_dot_product_kernels(target: dict, instruction: str, needs: frozenset, full_range: bool,
-                                    kernel: int) -> None:
-    """Built with the 512-bit instruction on zmm registers on every host; run and checked exact where the host
-    has the instructions. VNNI packs full-range weights, here with input-channel pairs that would saturate
-    int16 sums."""
+                                    out_channels: int, register: str, kernel: int) -> None:
+    """Built with the 512-bit instruction on zmm registers on every host, or, where the output channels are
+    not a multiple of 16 (8-lane tiles), with its 256-bit form on ymm registers; run and checked exact where
+    the host has the instructions. VNNI packs full-range weights, here with input-channel pairs that would
+    saturate int16 sums."""
     rng = np.random.default_rng(kernel)
-    w = (rng.integers(-128, 128, (kernel, kernel, 16, 32)) if full_range
-         else rng.integers(-64, 65, (kernel, kernel, 16, 32))).astype(np.int8)
+    shape = (kernel, kernel, 16, out_channels)
+    w = (rng.integers(-128, 128, shape) if full_range else rng.integers(-64, 65, shape)).astype(np.int8)
     if full_range:
         w[:, :, 0:2], w[:, :, 2:4] = 127, -128  # 255·254 > 32767 and 255·(−256) < −32768
-    _check_kernel(target, w, instruction, "zmm", run=X86_64_V3 | needs <= _HOST, exact=full_range)
+    _check_kernel(target, w, instruction, register, run=X86_64_V3 | needs <= _HOST, exact=full_range)
 
 
 @pytest.mark.parametrize("kernel", [1, 3], ids=["1x1", "3x3"])

@@ -1,10 +1,11 @@
 """The weight layout of 8-bit dot-product instructions (harness.compile.intrinsics) for integer convolutions.
 
 `dot_product_layout` packs the weights of the NHWC integer convolutions that those instructions compute
-exactly into tiles (`[KH, KW, O/L, I/4, L, 4]`, a TE compute that MetaSchedule tiles onto the intrinsic): all
-of them where the target's instruction is exact (VNNI `vpdpbusd`, Arm `sdot`, NEON `smull`), else those whose
-weights `pairs_cannot_saturate`. Where the instruction multiplies int8 by int8 (Arm), the uint8 activations
-are shifted to int8 first and 128·Σw is added back.
+exactly into tiles (`[KH, KW, O/L, I/4, L, 4]`: L = 16 lanes, or 8 where O is not a multiple of 16; a TE
+compute that MetaSchedule tiles onto the intrinsic): all of them where the target's instruction is exact
+(VNNI `vpdpbusd`, Arm `sdot`, NEON `smull`), else those whose weights `pairs_cannot_saturate`. Where the
+instruction multiplies int8 by int8 (Arm), the uint8 activations are shifted to int8 first and 128·Σw is added
+back.
 """
 
 from __future__ import annotations
