@@ -77,6 +77,7 @@ class Runners:
     calls: dict[str, Callable[[], object]]
     tuned_kernels: dict[str, TuningCoverage]
     tuned: Artifact | None  # the "tvm tuned" artifact, profiled per layer kind
+    onnx: Path  # the exported model ONNX Runtime runs
 
 
 def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | None = None,
@@ -114,7 +115,7 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
     calls["onnxruntime"] = _ort_runner(exported, batch, threads)
     calls["pytorch"] = _torch_runner(exported, batch)  # eager fp32 (int8 exists only as the ONNX QDQ model)
     return Runners(recipe=recipe, dtype=exported.dtype, threads=threads, calls=calls, tuned_kernels=kernels,
-                   tuned=tuned_artifact)
+                   tuned=tuned_artifact, onnx=exported.onnx.path)
 
 
 SETTLE_SECONDS = 0.1
@@ -198,7 +199,8 @@ def with_fp32_ratios(rows: list[Row]) -> list[Row]:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BenchResult:
     """The rows of a bench, the CSV they were written to, and per int8 model benched beside its fp32 model
-    the tuned TVM milliseconds per layer kind of both (harness.profile.compare_kinds)."""
+    the tuned TVM milliseconds per layer kind of both and ONNX Runtime's of the int8 model
+    (harness.profile.compare_kinds)."""
 
     rows: list[Row]
     path: Path
@@ -212,19 +214,22 @@ def _float_twin(recipe: Recipe) -> str:
                          "steps": [s for s in recipe.compression_steps if not isinstance(s, QuantizeSpec)]})
 
 
-def _layer_kinds(tuned: list[tuple[Recipe, str, Artifact]], threads: int | None) -> dict[str, pd.DataFrame]:
-    """Per layer kind, the tuned int8 artifact of each model against its fp32 one, where both were benched."""
+def _layer_kinds(tuned: list[tuple[Runners, Artifact]], threads: int | None) -> dict[str, pd.DataFrame]:
+    """Per layer kind, the tuned int8 artifact of each model against its fp32 one, where both were benched, and
+    ONNX Runtime's nodes of the int8 model (its profiler), all timed in the same rounds."""
     from harness.profile import Profiled, compare_kinds, kernel_times_side_by_side
 
     def profiled(artifact: Artifact) -> Profiled:
         return Profiled(artifact.path, artifact.input_shape, layout=artifact.report.layout)
 
-    fp32 = {_float_twin(recipe): (recipe, artifact) for recipe, dtype, artifact in tuned if dtype == "fp32"}
+    fp32 = {_float_twin(p.recipe): (p.recipe, artifact) for p, artifact in tuned if p.dtype == "fp32"}
     tables = {}
-    for recipe, dtype, artifact in tuned:
-        if dtype == "int8" and (twin := fp32.get(_float_twin(recipe))) is not None:
-            both = kernel_times_side_by_side([profiled(twin[1]), profiled(artifact)], threads=threads)
-            tables[f"{twin[0].name} vs {recipe.name}"] = compare_kinds(*both, ("fp32", "int8"))
+    for p, artifact in tuned:
+        if p.dtype == "int8" and (twin := fp32.get(_float_twin(p.recipe))) is not None:
+            fp32_kernels, int8_kernels, ort_nodes = kernel_times_side_by_side(
+                [profiled(twin[1]), profiled(artifact)], threads=threads, onnx=[(p.onnx, artifact.input_shape)])
+            tables[f"{twin[0].name} vs {p.recipe.name}"] = compare_kinds(
+                fp32_kernels, int8_kernels, ("fp32", "int8"), peer=("ORT int8", ort_nodes))
     return tables
 
 
@@ -241,5 +246,5 @@ def bench(recipes: list[Recipe], profile: DeviceProfile, *, repeats: int = 30, w
     stats, load = time_interleaved(series, progress)
     rows = with_fp32_ratios(_rows(series, stats, load, profile, conditions))
     path = write_table(rows, ws.root / "bench" / f"{run_id}.csv")
-    tuned = [(p.recipe, p.dtype, p.tuned) for p in prepared if p.tuned is not None]
+    tuned = [(p, p.tuned) for p in prepared if p.tuned is not None]
     return BenchResult(rows=rows, path=path, layer_kinds=_layer_kinds(tuned, profile.thread_count))

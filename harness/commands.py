@@ -111,7 +111,8 @@ def bench(args: argparse.Namespace) -> int:
     print(format_rows(result.rows, ["recipe", "dtype", "runtime", "latency_ms_median", "latency_ms_min",
                                     "latency_cv", "vs_ort", "vs_fp32", "tuned_kernels"]))
     for pair, kinds in result.layer_kinds.items():
-        print(f"\nTVM tuned, ms per inference by layer kind ({pair}; kernels timed one by one):")
+        print(f"\nms per inference by layer kind ({pair}): TVM tuned, kernels timed one by one; ONNX Runtime's "
+              "nodes by its profiler")
         print(kinds.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nwrote {result.path}")
     return 0

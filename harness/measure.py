@@ -199,16 +199,21 @@ def torch_gpu_latency(model: nn.Module, batch: np.ndarray, spec: MeasureSpec, gp
         return latency_stats(time_callable(run, spec))
 
 
-def ort_session(onnx_path: Path, threads: int | None, gpu: int | None = None, *, exact: bool = False):  # noqa: ANN201
+def ort_session(onnx_path: Path, threads: int | None, gpu: int | None = None, *, exact: bool = False,  # noqa: ANN201
+                profile_prefix: Path | None = None):
     """An ONNX Runtime session (CPU with `threads` intra-op threads, or the CUDA provider on GPU `gpu`).
 
     `exact`: graph optimizations off, so a QDQ model runs as written (dequantize → float op → quantize)
     instead of through fused integer kernels; those saturate 16-bit sums on x86 CPUs without VNNI, and
     are no reference there. For checking agreement, not for timing.
+    `profile_prefix`: ONNX Runtime's profiler on, its JSON written there (harness.ort_profile).
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
     if exact:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads is not None:

@@ -3,6 +3,7 @@ itself with TVM's time evaluator on the arguments an inference gave it, grouped 
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -104,32 +105,45 @@ def _libraries(module: object) -> list:
 
 
 def kernel_times_side_by_side(artifacts: Sequence[Profiled], *, threads: int | None = None, rounds: int = 5,
-                              runs: int = 10) -> list[pd.DataFrame]:
+                              runs: int = 10, onnx: Sequence[tuple[Path, tuple[int, ...]]] = ()
+                              ) -> list[pd.DataFrame]:
     """Milliseconds per inference spent in each kernel of each artifact, longest first, with its layer kind and
-    share of the artifact's kernels' total.
+    share of the artifact's kernels' total; then, for each (ONNX model, input shape) of `onnx`, the same of
+    ONNX Runtime's nodes (its profiler over `runs` inferences a round, harness.ort_profile).
 
     Each kernel is timed by itself on the arguments an inference gave it (TVM's time evaluator, `runs` calls),
-    in `rounds` rounds that visit every kernel of every artifact in turn, so that drift on the host hits all
-    artifacts alike; a kernel's figure is its median over the rounds. (Timing inside the VM's instrument hook
-    instead would add a Python round trip to every kernel call and let the thread pool fall asleep between
-    kernels: that inflated small kernels several-fold.)"""
+    in `rounds` rounds that visit every kernel of every artifact (and run every ONNX model) in turn, so that
+    drift on the host hits all alike; a kernel's figure is its median over the rounds. (Timing inside the VM's
+    instrument hook instead would add a Python round trip to every kernel call and let the thread pool fall
+    asleep between kernels: that inflated small kernels several-fold.)"""
     from harness.measure import set_tvm_threads
+    from harness.ort_profile import OrtNodes
 
     set_tvm_threads(threads)
     profiled = [_kernels(artifact, runs) for artifact in artifacts]
+    sessions = [OrtNodes(path, shape, threads, runs) for path, shape in onnx]
     samples: list[list[list[float]]] = [[[] for _ in kernels] for kernels in profiled]
     for _ in range(rounds):
         for kernels, times in zip(profiled, samples, strict=True):
             for kernel, kernel_samples in zip(kernels, times, strict=True):
                 kernel_samples.append(kernel.timer(*kernel.args).mean * 1e3 * kernel.calls)
+        for session in sessions:
+            session.sample()
+            time.sleep(SETTLE_SECONDS)
+    tables = [pd.DataFrame([{"kernel": k.symbol, "kind": k.kind, "calls": k.calls, "ms": float(np.median(t))}
+                            for k, t in zip(kernels, times, strict=True)])
+              for kernels, times in zip(profiled, samples, strict=True)]
     frames = []
-    for kernels, times in zip(profiled, samples, strict=True):
-        frame = pd.DataFrame([{"kernel": k.symbol, "kind": k.kind, "calls": k.calls, "ms": float(np.median(t))}
-                              for k, t in zip(kernels, times, strict=True)])
+    for frame in [*tables, *(session.table() for session in sessions)]:
         frame = frame.sort_values("ms", ascending=False, ignore_index=True)
         frame["share"] = frame["ms"] / frame["ms"].sum()
         frames.append(frame)
     return frames
+
+
+SETTLE_SECONDS = 0.1
+"""A pause after ONNX Runtime's inferences: its idle workers spin on the cores for a while, and TVM timed right
+after them on 2 cores took 4× its time (harness.bench.SETTLE_SECONDS)."""
 
 
 def kernel_times(artifact: Profiled, *, threads: int | None = None, rounds: int = 5, runs: int = 10
@@ -143,11 +157,19 @@ def by_kind(kernels: pd.DataFrame) -> pd.Series:
     return kernels.groupby("kind")["ms"].sum()
 
 
-def compare_kinds(reference: pd.DataFrame, other: pd.DataFrame, names: tuple[str, str]) -> pd.DataFrame:
+def compare_kinds(reference: pd.DataFrame, other: pd.DataFrame, names: tuple[str, str],
+                  peer: tuple[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Per layer kind: the milliseconds of two artifacts' kernels (`kernel_times`) and their ratio, the kinds
-    longest in `other` first; a `total` row last."""
-    table = pd.concat([by_kind(reference), by_kind(other)], axis=1, keys=names).fillna(0.0)
+    longest in `other` first; a `total` row last. `peer`: a name and a third such table (e.g. ONNX Runtime's
+    nodes of the same model as `other`), added with `other`'s ratio to it (`<other>/<peer>`)."""
+    frames, keys = [by_kind(reference), by_kind(other)], list(names)
+    if peer is not None:
+        frames.append(by_kind(peer[1]))
+        keys.append(peer[0])
+    table = pd.concat(frames, axis=1, keys=keys).fillna(0.0)
     table.loc["total"] = table.sum()
-    table["ratio"] = table[names[1]] / table[names[0]].where(table[names[0]] > 0)
+    table.insert(2, "ratio", table[names[1]] / table[names[0]].where(table[names[0]] > 0))
+    if peer is not None:
+        table[f"{names[1]}/{peer[0]}"] = table[names[1]] / table[peer[0]].where(table[peer[0]] > 0)
     body = table.drop(index="total").sort_values(names[1], ascending=False)
     return pd.concat([body, table.loc[["total"]]]).rename_axis("kind").reset_index()

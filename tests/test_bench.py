@@ -3,6 +3,7 @@ schedules."""
 
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from conftest import TINY_RECIPE
@@ -57,7 +58,7 @@ def test_series_are_timed_in_interleaved_rounds() -> None:
     calls: list[str] = []
     recipe = recipe_from_dict(TINY_RECIPE, "tiny")
     made = Runners(recipe=recipe, dtype="fp32", threads=1, calls={n: (lambda n=n: calls.append(n)) for n in "ab"},
-                   tuned_kernels={}, tuned=None)
+                   tuned_kernels={}, tuned=None, onnx=Path("unused.onnx"))
     spec = MeasureSpec(repeats=3, number=2, warmup=1)
     series = [_Series(made, "a", spec), _Series(made, "b", replace(spec, repeats=2))]
     stats, load = time_interleaved(series, progress=False)
@@ -67,11 +68,16 @@ def test_series_are_timed_in_interleaved_rounds() -> None:
 
 
 def test_bench_gives_every_runtime_a_row_with_its_ratio_to_onnx_runtime(tmp_path) -> None:
-    """`bench` end to end on a tiny recipe: a row per runtime, ONNX Runtime's ratio 1, the CSV written."""
-
-    result = bench([recipe_from_dict(TINY_RECIPE, "tiny")], load_device("x86"), repeats=3,
-                   workspace=Workspace(tmp_path), progress=False)
-    rows = {r.runtime: r for r in result.rows}
+    """`bench` end to end on a tiny recipe and its int8 form: a row per runtime, ONNX Runtime's ratio 1, the CSV
+    written, and the int8 model's layer kinds beside the fp32 one's and ONNX Runtime's."""
+    recipes = [recipe_from_dict(TINY_RECIPE | {"name": "tiny"}, "tiny"),
+               recipe_from_dict(TINY_RECIPE | {"name": "tiny_int8", "steps": [{"quantize": {}}]}, "tiny_int8")]
+    result = bench(recipes, load_device("x86"), repeats=3, workspace=Workspace(tmp_path), progress=False)
+    rows = {r.runtime: r for r in result.rows if r.recipe == "tiny"}
     assert {"tvm untuned", "tvm tuned", "onnxruntime", "pytorch"} <= set(rows)
     assert rows["onnxruntime"].vs_ort == 1 and all(r.repeats == 3 and r.latency_ms_median > 0 for r in rows.values())
-    assert result.path.is_file() and len(result.path.read_text().splitlines()) == len(rows) + 1
+    assert result.path.is_file() and len(result.path.read_text().splitlines()) == len(result.rows) + 1
+    kinds = result.layer_kinds["tiny vs tiny_int8"].set_index("kind")
+    assert list(kinds.columns) == ["fp32", "int8", "ratio", "ORT int8", "int8/ORT int8"]
+    assert (kinds.loc["total", ["fp32", "int8", "ORT int8"]] > 0).all()
+    assert kinds.loc["1x1 convolution", "ORT int8"] > 0
