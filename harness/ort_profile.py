@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -67,9 +68,15 @@ def node_kind(node: str, op: str, convs: dict[str, str]) -> str:
     return kinds.pop() if len(kinds) == 1 else kind
 
 
+SETTLE_SECONDS = 0.1
+"""Untimed inferences before each sample: TVM's thread pool, timed just before, keeps spinning on the cores for a
+while; ONNX Runtime's nodes right after it summed to twice its own time (v1 int8, 2 threads)."""
+
+
 class OrtNodes:
-    """An ONNX model in an ONNX Runtime session with its profiler on; `sample()` runs `runs` inferences, `table()`
-    gives each node's milliseconds per inference, median over the samples."""
+    """An ONNX model in an ONNX Runtime session with its profiler on; `sample()` runs `runs` inferences (after
+    `SETTLE_SECONDS` of untimed ones), `table()` gives each node's milliseconds per inference, median over the
+    samples."""
 
     def __init__(self, onnx_path: Path, input_shape: tuple[int, ...], threads: int | None, runs: int,
                  warmup: int = 3) -> None:
@@ -80,14 +87,32 @@ class OrtNodes:
         self.feed = {self.session.get_inputs()[0].name:
                      np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
         self.convs = conv_kinds(onnx.load(str(onnx_path), load_external_data=False))
-        self.runs, self.warmup, self.samples = runs, warmup, 0
+        self.runs = runs
+        self.spans = [(warmup, 0)]  # per sample: (untimed, timed) inferences, all in the profile
         for _ in range(warmup):
             self.session.run(None, self.feed)
 
     def sample(self) -> None:
+        untimed, start = 0, time.perf_counter()
+        while time.perf_counter() - start < SETTLE_SECONDS:
+            self.session.run(None, self.feed)
+            untimed += 1
         for _ in range(self.runs):
             self.session.run(None, self.feed)
-        self.samples += 1
+        self.spans.append((untimed, self.runs))
+
+    def _timed(self, durations: list[float]) -> list[float] | None:
+        """A node's mean milliseconds in each sample, from its durations in all inferences (None when it did not
+        run once per inference: a subgraph's node)."""
+        if len(durations) != sum(untimed + timed for untimed, timed in self.spans):
+            return None
+        means, at = [], 0
+        for untimed, timed in self.spans:
+            at += untimed
+            if timed:
+                means.append(float(np.mean(durations[at:at + timed])))
+            at += timed
+        return means
 
     def table(self) -> pd.DataFrame:
         """Columns kernel (the node), kind, calls (1) and ms; the session's profile is read and removed."""
@@ -104,10 +129,7 @@ class OrtNodes:
                 ops[node] = event.get("args", {}).get("op_name", "")
         rows = []
         for node, times in durations.items():
-            timed = np.asarray(times[self.warmup:])
-            if timed.size != self.samples * self.runs:  # not once per inference (a subgraph's node): skipped
-                continue
-            per_sample = timed.reshape(self.samples, self.runs).mean(axis=1)
-            rows.append({"kernel": node, "kind": node_kind(node, ops[node], self.convs), "calls": 1,
-                         "ms": float(np.median(per_sample))})
+            if (per_sample := self._timed(times)) is not None:
+                rows.append({"kernel": node, "kind": node_kind(node, ops[node], self.convs), "calls": 1,
+                             "ms": float(np.median(per_sample))})
         return pd.DataFrame(rows, columns=["kernel", "kind", "calls", "ms"])
