@@ -221,3 +221,15 @@ def test_tuned_convolution_reads_prepacked_weights(tuned_conv) -> None:
     x = torch.rand(1, 3, 16, 16)
     out = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
     torch.testing.assert_close(torch.from_numpy(out), model(x).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_progress_shows_the_time_left_of_the_whole_budget_not_of_a_chunk() -> None:
+    """Each chunk of tasks gets a share of the budget as its deadline; the time shown is the budget's."""
+    import time
+
+    from tqdm import tqdm
+
+    with tqdm(disable=True) as bar:
+        session = tuning._Session(bar, 3, time.monotonic() + 600)
+        session.deadline = time.monotonic() + 60
+        assert session.status().endswith(("10.0 min left", "9.9 min left"))

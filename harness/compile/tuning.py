@@ -63,8 +63,9 @@ class _Session:
     followed as candidates are built.
     """
 
-    def __init__(self, bar: tqdm, num_tasks: int, deadline: float | None) -> None:
-        self.bar, self.num_tasks, self.deadline = bar, num_tasks, deadline
+    def __init__(self, bar: tqdm, num_tasks: int, budget_end: float | None) -> None:
+        self.bar, self.num_tasks, self.budget_end = bar, num_tasks, budget_end
+        self.deadline: float | None = None  # of the chunk being tuned (its share of the budget)
         self.trials, self.skipped, self.tasks_started, self.best, self.stopped = 0, 0, 0, {}, False
         self.logged = time.monotonic()
 
@@ -86,8 +87,8 @@ class _Session:
         parts = [f"tasks {self.tasks_started}/{self.num_tasks}"]
         if self.best:
             parts.append(f"sum of best kernels {1e3 * sum(self.best.values()):.2f} ms")
-        if self.deadline is not None:
-            parts.append(f"{max(0.0, self.deadline - time.monotonic()) / 60:.1f} min left")
+        if self.budget_end is not None:  # the whole budget's, not the chunk's
+            parts.append(f"{max(0.0, self.budget_end - time.monotonic()) / 60:.1f} min left")
         return ", ".join(parts)
 
 
@@ -279,7 +280,7 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
         deadline = start + 60 * minutes if minutes else None
         runner = runner_for(profile) if profile is not None else ms.runner.LocalRunner()
         with tqdm(total=trials, desc="tune", unit="trial", disable=None if progress else True) as bar:
-            session = _Session(bar, len(todo), None)
+            session = _Session(bar, len(todo), deadline)
             builder = WarmBuilder(f_export=_cross_export(profile.cross_compiler)
                                   if profile is not None and profile.cross_compiler else None, session=session)
             began = time.monotonic()
