@@ -27,7 +27,7 @@ from harness.compile.target import build_target, target_json
 from harness.data import calibration_batches, load_data
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
-from harness.measure import LatencyStats, LocalExecutor, latency_stats, ort_session, time_callable
+from harness.measure import LatencyStats, LocalExecutor, latency_stats, ort_session, settle, time_callable
 from harness.noise import Load, NoiseLog, watch
 from harness.results import Conditions, Row, write_table
 from harness.schema import content_hash
@@ -118,12 +118,6 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
                    tuned=tuned_artifact, onnx=exported.onnx.path)
 
 
-SETTLE_SECONDS = 0.1
-"""Untimed calls before each sample. The previous series ran another runtime, whose idle workers spin for a while
-and take the cores: on 2 cores, TVM timed right after ONNX Runtime took 4× its time (9.2 against 2.3 ms), ONNX
-Runtime after PyTorch 1.3×; after 0.1 s of its own calls each was back to its time alone (Xeon, 2 threads)."""
-
-
 @dataclass(frozen=True, slots=True)
 class _Series:
     """One timed series of a bench: a runtime of one recipe."""
@@ -133,13 +127,10 @@ class _Series:
     spec: MeasureSpec  # the recipe's, with the bench's repeats
 
     def sample(self) -> float:
-        """One round: untimed calls for `SETTLE_SECONDS` (at least one), then the mean wall time (s) of `number`
-        calls."""
+        """One round: untimed calls for `measure.SETTLE_SECONDS` (at least one), then the mean wall time (s) of
+        `number` calls."""
         call = self.runners.calls[self.name]
-        settled = time.perf_counter() + SETTLE_SECONDS
-        call()
-        while time.perf_counter() < settled:
-            call()
+        settle(call)
         return time_callable(call, replace(self.spec, warmup=0, repeats=1))[0]
 
 

@@ -166,6 +166,24 @@ def time_callable(fn: Callable[[], object], spec: MeasureSpec) -> list[float]:
     return times
 
 
+SETTLE_SECONDS = 0.1
+"""Untimed calls of a runtime before it is timed beside others. A runtime run just before keeps its idle workers
+spinning on the cores for a while: on 2 cores, TVM timed right after ONNX Runtime took 4× its time (9.2 against
+2.3 ms), ONNX Runtime after PyTorch 1.3×, ONNX Runtime's profiled nodes right after TVM's kernels twice their
+time; after 0.1 s of its own calls each was back to its time alone (Xeon, 2 threads)."""
+
+
+def settle(fn: Callable[[], object]) -> int:
+    """Call `fn` untimed for `SETTLE_SECONDS` (at least once); returns how many times it was called."""
+    end = time.perf_counter() + SETTLE_SECONDS
+    fn()
+    calls = 1
+    while time.perf_counter() < end:
+        fn()
+        calls += 1
+    return calls
+
+
 def torch_latency(model: nn.Module, batch: np.ndarray, spec: MeasureSpec, threads: int | None) -> LatencyStats:
     """PyTorch eager latency on this host with the same thread count."""
     previous = torch.get_num_threads()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -68,15 +67,10 @@ def node_kind(node: str, op: str, convs: dict[str, str]) -> str:
     return kinds.pop() if len(kinds) == 1 else kind
 
 
-SETTLE_SECONDS = 0.1
-"""Untimed inferences before each sample: TVM's thread pool, timed just before, keeps spinning on the cores for a
-while; ONNX Runtime's nodes right after it summed to twice its own time (v1 int8, 2 threads)."""
-
-
 class OrtNodes:
     """An ONNX model in an ONNX Runtime session with its profiler on; `sample()` runs `runs` inferences (after
-    `SETTLE_SECONDS` of untimed ones), `table()` gives each node's milliseconds per inference, median over the
-    samples."""
+    `measure.SETTLE_SECONDS` of untimed ones: TVM's workers, timed just before, may still spin), `table()`
+    gives each node's milliseconds per inference, median over the samples."""
 
     def __init__(self, onnx_path: Path, input_shape: tuple[int, ...], threads: int | None, runs: int,
                  warmup: int = 3) -> None:
@@ -93,10 +87,9 @@ class OrtNodes:
             self.session.run(None, self.feed)
 
     def sample(self) -> None:
-        untimed, start = 0, time.perf_counter()
-        while time.perf_counter() - start < SETTLE_SECONDS:
-            self.session.run(None, self.feed)
-            untimed += 1
+        from harness.measure import settle
+
+        untimed = settle(lambda: self.session.run(None, self.feed))
         for _ in range(self.runs):
             self.session.run(None, self.feed)
         self.spans.append((untimed, self.runs))

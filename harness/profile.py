@@ -116,7 +116,7 @@ def kernel_times_side_by_side(artifacts: Sequence[Profiled], *, threads: int | N
     drift on the host hits all alike; a kernel's figure is its median over the rounds. (Timing inside the VM's
     instrument hook instead would add a Python round trip to every kernel call and let the thread pool fall
     asleep between kernels: that inflated small kernels several-fold.)"""
-    from harness.measure import set_tvm_threads
+    from harness.measure import SETTLE_SECONDS, set_tvm_threads
     from harness.ort_profile import OrtNodes
 
     set_tvm_threads(threads)
@@ -129,7 +129,7 @@ def kernel_times_side_by_side(artifacts: Sequence[Profiled], *, threads: int | N
                 kernel_samples.append(kernel.timer(*kernel.args).mean * 1e3 * kernel.calls)
         for session in sessions:
             session.sample()
-            time.sleep(SETTLE_SECONDS)
+            time.sleep(SETTLE_SECONDS)  # ONNX Runtime's workers spin a while: not into the next TVM kernels
     tables = [pd.DataFrame([{"kernel": k.symbol, "kind": k.kind, "calls": k.calls, "ms": float(np.median(t))}
                             for k, t in zip(kernels, times, strict=True)])
               for kernels, times in zip(profiled, samples, strict=True)]
@@ -139,11 +139,6 @@ def kernel_times_side_by_side(artifacts: Sequence[Profiled], *, threads: int | N
         frame["share"] = frame["ms"] / frame["ms"].sum()
         frames.append(frame)
     return frames
-
-
-SETTLE_SECONDS = 0.1
-"""A pause after ONNX Runtime's inferences: its idle workers spin on the cores for a while, and TVM timed right
-after them on 2 cores took 4× its time (harness.bench.SETTLE_SECONDS)."""
 
 
 def kernel_times(artifact: Profiled, *, threads: int | None = None, rounds: int = 5, runs: int = 10
