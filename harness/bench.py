@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from harness.build import Exported, compile_variant, export_variant, preflight, structural
-from harness.compile import Artifact
+from harness.compile import Artifact, CompileReport
 from harness.compile.database import database_fingerprint
 from harness.compile.target import build_target, target_json
 from harness.data import calibration_batches, load_data
@@ -31,7 +31,7 @@ from harness.measure import LatencyStats, LocalExecutor, latency_stats, ort_sess
 from harness.noise import Load, NoiseLog, watch
 from harness.results import Conditions, Row, write_table
 from harness.schema import content_hash
-from harness.specs import CompileOptions, MeasureSpec, QuantizeSpec, Recipe, TuningCoverage
+from harness.specs import CompileOptions, MeasureSpec, QuantizeSpec, Recipe
 from harness.tune import tuning_database
 from harness.workspace import Workspace
 
@@ -75,7 +75,7 @@ class Runners:
     dtype: str
     threads: int | None
     calls: dict[str, Callable[[], object]]
-    tuned_kernels: dict[str, TuningCoverage]
+    reports: dict[str, CompileReport]  # of each TVM runtime's artifact
     tuned: Artifact | None  # the "tvm tuned" artifact, profiled per layer kind
     onnx: Path  # the exported model ONNX Runtime runs
 
@@ -97,7 +97,7 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
     threads = profile.thread_count
     if threads is not None:
         torch.set_num_threads(threads)
-    calls, kernels, tuned_artifact = {}, {}, None
+    calls, reports, tuned_artifact = {}, {}, None
     variants = [("", exported.options)]
     if exported.options.integer:  # int8: also the importer's float dequantize→conv→quantize path
         variants.append((" (float QDQ)", replace(exported.options, integer=False)))
@@ -111,10 +111,10 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
             if name == "tvm tuned":
                 tuned_artifact = artifact
             calls[name] = _tvm_runner(artifact, batch, threads)
-            kernels[name] = artifact.report.tuned_kernels
+            reports[name] = artifact.report
     calls["onnxruntime"] = _ort_runner(exported, batch, threads)
     calls["pytorch"] = _torch_runner(exported, batch)  # eager fp32 (int8 exists only as the ONNX QDQ model)
-    return Runners(recipe=recipe, dtype=exported.dtype, threads=threads, calls=calls, tuned_kernels=kernels,
+    return Runners(recipe=recipe, dtype=exported.dtype, threads=threads, calls=calls, reports=reports,
                    tuned=tuned_artifact, onnx=exported.onnx.path)
 
 
@@ -166,9 +166,18 @@ def _rows(series: list[_Series], stats: list[LatencyStats], load: Load, profile:
                         resolution=recipe.resolution, runtime=one.name, latency_ms_median=s.median_ms,
                         latency_ms_min=s.min_ms, repeats=s.repeats, latency_cv=s.cv, host_busy=noise.busy,
                         noisy=noise.reason(), vs_ort=s.median_ms / ort[recipe.name],
-                        tuned_kernels=prepared.tuned_kernels.get(one.name), threads=prepared.threads,
-                        batch=one.spec.batch, device=profile.name, target=target).stamped(conditions))
+                        threads=prepared.threads, batch=one.spec.batch, device=profile.name, target=target,
+                        **_report_cells(prepared.reports.get(one.name))).stamped(conditions))
     return rows
+
+
+def _report_cells(report: CompileReport | None) -> dict[str, object]:
+    """What the compiler did, as row fields (none for ONNX Runtime and PyTorch)."""
+    if report is None:
+        return {}
+    return {"tuned_kernels": report.tuned_kernels, "integer_ops": report.integer_ops,
+            "dot_product_ops": report.dot_product_ops, "integer_fallback": report.integer_fallback,
+            "layout": report.layout}
 
 
 def with_fp32_ratios(rows: list[Row]) -> list[Row]:

@@ -58,7 +58,7 @@ def test_series_are_timed_in_interleaved_rounds() -> None:
     calls: list[str] = []
     recipe = recipe_from_dict(TINY_RECIPE, "tiny")
     made = Runners(recipe=recipe, dtype="fp32", threads=1, calls={n: (lambda n=n: calls.append(n)) for n in "ab"},
-                   tuned_kernels={}, tuned=None, onnx=Path("unused.onnx"))
+                   reports={}, tuned=None, onnx=Path("unused.onnx"))
     spec = MeasureSpec(repeats=3, number=2, warmup=1)
     series = [_Series(made, "a", spec), _Series(made, "b", replace(spec, repeats=2))]
     stats, load = time_interleaved(series, progress=False)
@@ -69,7 +69,8 @@ def test_series_are_timed_in_interleaved_rounds() -> None:
 
 def test_bench_gives_every_runtime_a_row_with_its_ratio_to_onnx_runtime(tmp_path) -> None:
     """`bench` end to end on a tiny recipe and its int8 form: a row per runtime, ONNX Runtime's ratio 1, the CSV
-    written, and the int8 model's layer kinds beside the fp32 one's and ONNX Runtime's."""
+    written, the compiler's report on TVM's rows, and the int8 model's layer kinds beside the fp32 one's and ONNX
+    Runtime's."""
     recipes = [recipe_from_dict(TINY_RECIPE | {"name": "tiny"}, "tiny"),
                recipe_from_dict(TINY_RECIPE | {"name": "tiny_int8", "steps": [{"quantize": {}}]}, "tiny_int8")]
     result = bench(recipes, load_device("x86"), repeats=3, workspace=Workspace(tmp_path), progress=False)
@@ -77,6 +78,10 @@ def test_bench_gives_every_runtime_a_row_with_its_ratio_to_onnx_runtime(tmp_path
     assert {"tvm untuned", "tvm tuned", "onnxruntime", "pytorch"} <= set(rows)
     assert rows["onnxruntime"].vs_ort == 1 and all(r.repeats == 3 and r.latency_ms_median > 0 for r in rows.values())
     assert result.path.is_file() and len(result.path.read_text().splitlines()) == len(result.rows) + 1
+    int8 = {r.runtime: r for r in result.rows if r.recipe == "tiny_int8"}  # what the compiler did, per TVM row
+    assert int8["tvm tuned"].integer_ops == "10/10" and int8["tvm tuned"].layout == "NHWC"
+    assert int8["tvm tuned"].dot_product_ops is not None and int8["tvm tuned (float QDQ)"].integer_ops is None
+    assert rows["tvm tuned"].tuned_kernels is not None and int8["onnxruntime"].tuned_kernels is None
     kinds = result.layer_kinds["tiny vs tiny_int8"].set_index("kind")
     assert list(kinds.columns) == ["fp32", "int8", "ratio", "ORT int8", "int8/ORT int8"]
     assert (kinds.loc["total", ["fp32", "int8", "ORT int8"]] > 0).all()

@@ -46,8 +46,9 @@ def test_run_on_an_emulated_board_matches_x86(boards, write_recipe, tmp_path, st
     assert '"mcpu": "cortex-a72"' in rpi4["target"]
     if steps:  # integer int8 on aarch64 too; compared with ONNX Runtime on the same QDQ model
         assert rpi4["dtype"] == "int8" and rpi4["integer_ops"] == "10/10" and rpi4["max_abs_diff"] < 0.05
-        # the pointwise convolutions run on packed weights (NEON int8 products are exact for any int8 weight)
-        assert rpi4["dot_product_ops"] == "4/10"
+        # the stem and the pointwise convolutions run on packed weights (NEON int8 products are exact for any
+        # int8 weight; the stem's 3 input channels padded to 4)
+        assert rpi4["dot_product_ops"] == "5/10"
     else:
         assert rpi4["max_abs_diff"] < 1e-3
 
@@ -127,23 +128,23 @@ def _tensorize_packed_kernels(recipe: Path, results: Path) -> int:
 
 
 def test_int8_on_an_emulated_rpi5_runs_sdot_and_agrees_with_onnx_runtime(rpi5_board, write_recipe, tmp_path) -> None:
-    """Full-range int8 weights, every pointwise convolution on the dot-product extension's `sdot` (checked in
-    the board's library), logits against ONNX Runtime's on the same QDQ model."""
+    """Full-range int8 weights, the stem and every pointwise convolution on the dot-product extension's `sdot`
+    (checked in the board's library), logits against ONNX Runtime's on the same QDQ model."""
     objdump = shutil.which("aarch64-linux-gnu-objdump")
     if objdump is None:
         pytest.skip("no aarch64-linux-gnu-objdump (apt-get install binutils-aarch64-linux-gnu)")
     recipe, results = write_recipe(TINY_RECIPE | {"steps": [{"quantize": {}}]}), tmp_path / "results"
-    assert _tensorize_packed_kernels(recipe, results) == 4
+    assert _tensorize_packed_kernels(recipe, results) == 5
     out = run_cli("-q", "run", str(recipe), "--device", "rpi5", "--results", str(results))
     assert out.returncode == 0, out.stderr
     row = _rows(results).iloc[-1]
     assert row["device"] == "rpi5" and row["emulated"] and row["board"] == rpi5_board.name
-    assert row["dtype"] == "int8" and row["integer_ops"] == "10/10" and row["dot_product_ops"] == "4/10"
-    assert row["tuned_kernels"].startswith("4/") and row["max_abs_diff"] < 0.05
+    assert row["dtype"] == "int8" and row["integer_ops"] == "10/10" and row["dot_product_ops"] == "5/10"
+    assert row["tuned_kernels"].startswith("5/") and row["max_abs_diff"] < 0.05
     (library,) = [p.with_suffix(".so") for p in (results / "cache" / "artifacts" / "rpi5").glob("*/model.json")
                   if json.loads(p.read_text())["report"]["dot_product_ops"]]
     asm = subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True).stdout
-    assert sum("\tsdot\t" in line for line in asm.splitlines()) >= 4
+    assert sum("\tsdot\t" in line for line in asm.splitlines()) >= 5
 
 
 def test_emulator_cli_status_lists_the_boards(boards) -> None:

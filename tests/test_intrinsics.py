@@ -97,6 +97,7 @@ def _check_kernel(target: dict, w: np.ndarray, instruction: str, register: str, 
     rng = np.random.default_rng(w.shape[0])
     x = rng.integers(0, 256, (1, 8, 8, w.shape[2])).astype(np.uint8)
     x[rng.random(x.shape) < 0.3] = 255  # many full-scale inputs: a saturating pair would show
+    missing = -w.shape[2] % 4  # input channels padded to a multiple of 4
     mod, converted = dot_product_layout(_integer_conv(w), exact=exact)
     assert converted == 1
     tgt = tvm.target.Target(target)
@@ -106,7 +107,9 @@ def _check_kernel(target: dict, w: np.ndarray, instruction: str, register: str, 
     if run:
         out = tvm.runtime.tensor(np.zeros((1, 8, 8, w.shape[3]), np.int32))
         lanes = 16 if w.shape[3] % 16 == 0 else 8  # as harness.compile.packing packs them
-        built(tvm.runtime.tensor(x), tvm.runtime.tensor(pack_weights(w.transpose(0, 1, 3, 2), lanes)), out)
+        padded = np.pad(w, [(0, 0), (0, 0), (0, missing), (0, 0)]).transpose(0, 1, 3, 2)
+        built(tvm.runtime.tensor(np.pad(x, [(0, 0), (0, 0), (0, 0), (0, missing)])),
+              tvm.runtime.tensor(pack_weights(padded, lanes)), out)
         np.testing.assert_array_equal(out.numpy()[0], _reference(x, w))
 
 
@@ -136,6 +139,32 @@ def test_avx512_dot_product_kernels(target: dict, instruction: str, needs: froze
     if full_range:
         w[:, :, 0:2], w[:, :, 2:4] = 127, -128  # 255·254 > 32767 and 255·(−256) < −32768
     _check_kernel(target, w, instruction, register, run=X86_64_V3 | needs <= _HOST, exact=full_range)
+
+
+@pytest.mark.parametrize(("target", "instruction", "register", "needs", "bits"),
+                         [(V3, "vpmaddubsw", "ymm", frozenset(), 7),
+                          (V4_VNNI, "vpdpbusd", "zmm", X86_64_V4 | {VNNI}, 8)],
+                         ids=["x86-64-v3", "x86-64-v4-vnni"])
+def test_an_rgb_stem_is_packed_and_tensorized(target: dict, instruction: str, register: str, needs: frozenset,
+                                              bits: int) -> None:
+    """A convolution of 3 input channels (a network's stem) gets a fourth, zero, input channel and weights:
+    packed, tensorized, and exact where the host has the instruction."""
+    top = 2 ** (bits - 1)
+    w = np.random.default_rng(3).integers(-top, top, (3, 3, 3, 32)).astype(np.int8)
+    _check_kernel(target, w, instruction, register, run=X86_64_V3 | needs <= _HOST, exact=bits == 8)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["uint8", "shifted-int8"])
+def test_an_rgb_stem_computes_the_same_convolution(signed: bool) -> None:
+    """The padded input channel changes nothing, also where activations are shifted to int8 (Arm: the pad
+    channel becomes −128, its weights are 0)."""
+    rng = np.random.default_rng(5)
+    w = rng.integers(-128, 128, (3, 3, 3, 32)).astype(np.int8)
+    x = rng.integers(0, 256, (1, 8, 8, 3)).astype(np.uint8)
+    mod, converted = dot_product_layout(_integer_conv(w), exact=True, signed=signed)
+    assert converted == 1
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy()[0], _reference(x, w))
 
 
 @pytest.mark.parametrize("kernel", [1, 3], ids=["1x1", "3x3"])

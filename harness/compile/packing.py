@@ -3,7 +3,8 @@
 `dot_product_layout` packs the weights of the NHWC integer convolutions that those instructions compute
 exactly into tiles (`[KH, KW, O/L, I/4, L, 4]`: L = 16 lanes, or 8 where O is not a multiple of 16; a TE
 compute that MetaSchedule tiles onto the intrinsic): all of them where the target's instruction is exact
-(VNNI `vpdpbusd`, Arm `sdot`, NEON `smull`), else those whose weights `pairs_cannot_saturate`. Where the
+(VNNI `vpdpbusd`, Arm `sdot`, NEON `smull`), else those whose weights `pairs_cannot_saturate`. Input channels
+short of a multiple of 4 (a network's RGB stem) get zero channels, in the activations and the weights. Where the
 instruction multiplies int8 by int8 (Arm), the uint8 activations are shifted to int8 first and 128·Σw is added
 back.
 """
@@ -60,8 +61,8 @@ def pack_weights(hwoi: np.ndarray, lanes: int) -> np.ndarray:
 class _DotProductLayout(relax.PyExprMutator):
     """Integer NHWC convolutions of uint8 activations become convolutions over packed weights
     (`pack_weights`): all of them if `exact` (the target's dot-product instruction cannot saturate), else
-    those whose weights `pairs_cannot_saturate`. If `signed`, over int8 activations x − 128, with 128·Σw
-    added back."""
+    those whose weights `pairs_cannot_saturate`; input channels padded with zeros to a multiple of 4. If
+    `signed`, over int8 activations x − 128, with 128·Σw added back."""
 
     def __init__(self, mod: tvm.IRModule, exact: bool, signed: bool) -> None:
         super().__init__(mod)
@@ -80,10 +81,14 @@ class _DotProductLayout(relax.PyExprMutator):
         if weight is None or str(weight.value.dtype) != "int8":
             return call
         hwoi = np.ascontiguousarray(weight.value.numpy().transpose(0, 1, 3, 2))
+        missing = -hwoi.shape[3] % 4  # input channels short of a multiple of 4 (an RGB stem): zeros, both sides
+        hwoi = np.pad(hwoi, [(0, 0), (0, 0), (0, 0), (0, missing)])
         lanes = 16 if hwoi.shape[2] % 16 == 0 else 8
-        if hwoi.shape[2] % lanes or hwoi.shape[3] % 4 or not (self.exact or pairs_cannot_saturate(hwoi)):
+        if hwoi.shape[2] % lanes or not (self.exact or pairs_cannot_saturate(hwoi)):
             return call
         self.converted += 1
+        if missing:
+            data = self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, 0, 0, 0, missing]))
         if self.signed:  # x − 128 in int8; its padding −128 (x = 0)
             data = self.builder_.emit(relax.op.astype(
                 relax.op.subtract(relax.op.astype(data, "int16"), relax.const(_SHIFT, "int16")), "int8"))

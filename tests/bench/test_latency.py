@@ -60,5 +60,6 @@ def test_latency(benchmark, prepared, recipe: str, runtime: str) -> None:
     profile = load_device("x86")
     benchmark.extra_info.update(
         vs_ort=round(statistics.median(benchmark.stats.stats.data) / ort_median, 3),
-        tuned_kernels=str(made.tuned_kernels.get(runtime, "")), host=cpu_model(), target=str(build_target(profile)),
+        tuned_kernels=str(made.reports[runtime].tuned_kernels) if runtime in made.reports else "",
+        host=cpu_model(), target=str(build_target(profile)),
         threads=made.threads, git_rev=git_revision(), host_busy_cores=round(load.other_cores, 2))
