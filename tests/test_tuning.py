@@ -193,7 +193,7 @@ def test_meta_schedule_configures_its_loggers_beside_a_foreign_handler(tmp_path:
     try:
         with pytest.raises(AttributeError):  # what TVM does with it
             get_loggers_from_work_dir(str(tmp_path / "a"), ["task"])
-        assert tuning.release_foreign_log_handlers() == [foreign]
+        assert foreign in tuning.release_foreign_log_handlers()  # (a tuning session before may have left more)
         (task_logger,) = get_loggers_from_work_dir(str(tmp_path / "b"), ["task"])
         assert foreign not in logger.handlers and task_logger.handlers
     finally:
