@@ -167,17 +167,9 @@ def _rows(series: list[_Series], stats: list[LatencyStats], load: Load, profile:
                         latency_ms_min=s.min_ms, repeats=s.repeats, latency_cv=s.cv, host_busy=noise.busy,
                         noisy=noise.reason(), vs_ort=s.median_ms / ort[recipe.name],
                         threads=prepared.threads, batch=one.spec.batch, device=profile.name, target=target,
-                        **_report_cells(prepared.reports.get(one.name))).stamped(conditions))
+                        **(prepared.reports[one.name].row_fields() if one.name in prepared.reports else {})
+                        ).stamped(conditions))
     return rows
-
-
-def _report_cells(report: CompileReport | None) -> dict[str, object]:
-    """What the compiler did, as row fields (none for ONNX Runtime and PyTorch)."""
-    if report is None:
-        return {}
-    return {"tuned_kernels": report.tuned_kernels, "integer_ops": report.integer_ops,
-            "dot_product_ops": report.dot_product_ops, "integer_fallback": report.integer_fallback,
-            "layout": report.layout}
 
 
 def with_fp32_ratios(rows: list[Row]) -> list[Row]:

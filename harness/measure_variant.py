@@ -122,7 +122,6 @@ def measure_variant(compiled: Compiled, profile: DeviceProfile, splits: DataSpli
         log.warning("%s: noisy measurement (%s); its latencies are not to be trusted: rerun on an idle host",
                     recipe.name, noisy)
     cost = model_cost(exported.model, recipe.resolution)
-    report = artifact.report
     return Row(
         recipe=recipe.name, recipe_key=recipe.key(), steps=recipe.steps_summary(), model=recipe.model.name,
         width_mult=recipe.width, resolution=recipe.resolution, dataset=str(recipe.data.name),
@@ -136,7 +135,5 @@ def measure_variant(compiled: Compiled, profile: DeviceProfile, splits: DataSpli
         torch_cv=noise.cvs.get("pytorch"), ort_cv=noise.cvs.get("onnxruntime"), host_busy=noise.busy,
         noisy=noisy,
         images_per_s=spec.batch / (lat.median_ms / 1e3), max_abs_diff=diff, compile_s=artifact.compile_seconds,
-        integer_ops=report.integer_ops, dot_product_ops=report.dot_product_ops,
-        tuned_kernels=report.tuned_kernels, schedules=report.schedules,
-        integer_fallback=report.integer_fallback, layout=report.layout, fp16=report.fp16, **peers,
+        **artifact.report.row_fields(), **peers,
     )

@@ -233,4 +233,3 @@ def test_progress_shows_the_time_left_of_the_whole_budget_not_of_a_chunk() -> No
         session = tuning._Session(bar, 3, time.monotonic() + 600)
         session.deadline = time.monotonic() + 60
         assert session.status().endswith(("10.0 min left", "9.9 min left"))
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,10 @@ class CompileReport:
     def fully_tuned(self) -> bool:
         """Every kernel runs a real schedule: tuned, or on a GPU DLight's defaults."""
         return self.tuned_kernels.complete or self.schedules == "dlight"
+
+    def row_fields(self) -> dict[str, Any]:
+        """The report as results-row fields (harness.results.Row has one of each name)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
