@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="time budget; stops at whichever of trials/minutes comes first")
     tune.add_argument("--refine", action="store_true",
                       help="tune kernels that already have schedules too (continuing from the best ones)")
+    tune.add_argument("--remeasure", action="store_true",
+                      help="first time every record of the device's database again here, on the profile's threads "
+                           "(or on its board), keeping the new times; alone, does only that")
     _add_device_arg(tune)
     _add_results_arg(tune)
     tune.set_defaults(func=commands.tune)

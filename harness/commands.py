@@ -79,12 +79,16 @@ def sweep(args: argparse.Namespace) -> int:
 
 def tune(args: argparse.Namespace) -> int:
     from harness.recipe import load_recipe
-    from harness.tune import refresh_shipped, tune_recipes, tuning_database
+    from harness.tune import refresh_shipped, remeasure_database, tune_recipes, tuning_database
 
     profile, ws = _profile(args), _workspace(args)
+    if args.shipped and args.recipe:
+        raise HarnessError("tune --shipped tunes every shipped recipe: name no recipe")
+    if args.remeasure:
+        print(f"{tuning_database(profile, ws)}: {remeasure_database(profile, ws, progress=not args.quiet).summary()}")
+        if not (args.shipped or args.recipe):
+            return 0
     if args.shipped:
-        if args.recipe:
-            raise HarnessError("tune --shipped tunes every shipped recipe: name no recipe")
         report, shipped, size = refresh_shipped(profile, ws, trials=args.trials, minutes=args.minutes,
                                                 progress=not args.quiet, refine=args.refine)
         if report is not None:

@@ -5,7 +5,7 @@ class HarnessError(Exception):
     """A problem the user can fix: bad recipe, missing file, unknown device, unreachable board."""
 
 
-def last_line(exc: BaseException) -> str:
-    """The last line of `exc`'s message (where TVM puts the check that failed), or its type's name."""
+def last_line(exc: BaseException | str) -> str:
+    """The last line of `exc` (an exception's message, where TVM puts the check that failed), or its type's name."""
     text = str(exc).strip()
     return text.splitlines()[-1] if text else type(exc).__name__

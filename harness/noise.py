@@ -37,10 +37,24 @@ def _busy_seconds() -> float:
             + getattr(t, "steal", 0.0))
 
 
-def _own_seconds() -> float:
-    """CPU seconds this process (all its threads) and its waited-for children used."""
+def _own_seconds(workers: bool = False) -> float:
+    """CPU seconds this process (all its threads) and its waited-for children used; with `workers`, also its
+    children still running."""
     t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    return t.user + t.system + t.children_user + t.children_system + (_live_children_seconds() if workers else 0.0)
+
+
+def _live_children_seconds() -> float:
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            c = child.cpu_times()
+        except psutil.Error:  # ended meanwhile: once waited for, it is in `os.times()`'s children
+            continue
+        total += c.user + c.system
+    return total
 
 
 @dataclass(slots=True)
@@ -52,17 +66,18 @@ class Load:
 
 
 @contextmanager
-def watch(clock: Callable[[], float] = time.monotonic) -> Iterator[Load]:
+def watch(clock: Callable[[], float] = time.monotonic, workers: bool = False) -> Iterator[Load]:
     """Measure the load other processes put on this host while the block runs (psutil's host-wide CPU times
-    minus this process's own)."""
+    minus this process's own). `workers`: this process's child processes do the measured work (a tuning
+    runner's and builder's pools), so their CPU time is its own, not another process's."""
     load = Load()
-    host, own, start = _busy_seconds(), _own_seconds(), clock()
+    host, own, start = _busy_seconds(), _own_seconds(workers), clock()
     try:
         yield load
     finally:
         load.seconds = clock() - start
         if load.seconds > 0:
-            other = (_busy_seconds() - host) - (_own_seconds() - own)
+            other = (_busy_seconds() - host) - (_own_seconds(workers) - own)
             load.other_cores = max(0.0, other / load.seconds)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import tvm
 
 from harness.build import Compiled, Exported, export_variant, structural
-from harness.compile import database, prepare_module, tuning
+from harness.compile import database, prepare_module, remeasure, tuning
 from harness.compile.intrinsics import dot_product
 from harness.compile.kernels import extract_tasks
 from harness.compile.target import build_target, target_key, target_spec
@@ -84,6 +84,11 @@ def tune_exports(exports: list[Exported], profile: DeviceProfile, ws: Workspace,
     log.info("tuning %d model(s) for %s into %s", len(exports), profile.name, db)
     return tuning.tune(tuning_modules(exports, profile), build_target(profile), db, trials=trials,
                        minutes=minutes, profile=profile, progress=progress, refine=refine)
+
+
+def remeasure_database(profile: DeviceProfile, ws: Workspace, progress: bool = True) -> remeasure.RemeasureReport:
+    """Time every record of `profile`'s database again on this host with the profile's threads (or on its board)."""
+    return remeasure.remeasure(tuning_database(profile, ws), build_target(profile), profile, progress=progress)
 
 
 def with_references(recipes: list[Recipe]) -> list[Recipe]:

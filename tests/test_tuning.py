@@ -233,3 +233,22 @@ def test_progress_shows_the_time_left_of_the_whole_budget_not_of_a_chunk() -> No
         session = tuning._Session(bar, 3, time.monotonic() + 600)
         session.deadline = time.monotonic() + 60
         assert session.status().endswith(("10.0 min left", "9.9 min left"))
+
+
+def _tvm_threads() -> int:
+    import tvm
+
+    return tvm.get_global_func("runtime.NumThreads")()
+
+
+@pytest.mark.parametrize("threads", [1, 2])  # TVM caps its pool at the logical CPUs
+def test_local_runner_measures_candidates_on_the_profiles_threads(threads: int) -> None:
+    """The worker process that times candidates runs TVM's thread pool with the profile's thread count (TVM's
+    own default is half the logical CPUs: 1 on a 2-vCPU host)."""
+    import sys
+
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the worker cannot import this test module
+    runner = tuning.runner_for(replace(load_device("x86"), threads=threads))
+    assert runner.pool.submit(_tvm_threads).result() == threads

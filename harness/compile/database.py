@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import tvm
@@ -45,10 +46,33 @@ def shipped_dir(key: str, shipped_root: Path = SHIPPED_DIR) -> Path | None:
     return path if (path / (RECORDS + PACKED)).is_file() and (path / (WORKLOADS + PACKED)).is_file() else None
 
 
-def _copy_record(record: ms.database.TuningRecord, into: ms.database.Database) -> None:
-    """Commit `record` (and its workload) to another database."""
+def _copy_record(record: ms.database.TuningRecord, into: ms.database.Database,
+                 run_secs: Sequence[float] | None = None) -> None:
+    """Commit `record` (and its workload) to another database, with other `run_secs` if given."""
     into.commit_tuning_record(ms.database.TuningRecord(record.trace, into.commit_workload(record.workload.mod),
-                                                       record.run_secs, record.target, record.args_info))
+                                                       record.run_secs if run_secs is None else list(run_secs),
+                                                       record.target, record.args_info))
+
+
+def record_key(record: ms.database.TuningRecord) -> tuple[int, str]:
+    """What makes two records the same schedule: the kernel (its structural hash) and the trace."""
+    return tvm_ffi.structural_hash(record.workload.mod), str(record.trace)
+
+
+def rewrite(path: Path, records: Iterable[ms.database.TuningRecord],
+            run_secs: Callable[[ms.database.TuningRecord], Sequence[float] | None] = lambda _: None) -> int:
+    """Replace the database at `path` by `records` (new times from `run_secs` where it gives some), written
+    beside it, then moved into place; returns the number of records."""
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    out, count = open_database(partial), 0
+    for record in records:
+        _copy_record(record, out, run_secs(record))
+        count += 1
+    for name in (WORKLOADS, RECORDS):
+        (partial / name).replace(path / name)
+    shutil.rmtree(partial)
+    return count
 
 
 def _shipped_digest(shipped: Path) -> str:
@@ -97,9 +121,10 @@ def _merge(db_path: Path, shipped: Path) -> None:
         log.info("tuning database %s: merging the shipped one (%s)", db_path, shipped)
         with tempfile.TemporaryDirectory() as tmp:
             _unpack(shipped, Path(tmp))
-            src, dst = open_database(Path(tmp)), open_database(db_path)
-            for record in src.get_all_tuning_records():
-                _copy_record(record, dst)
+            new = open_database(Path(tmp)).get_all_tuning_records()
+            keys = {record_key(r) for r in new}  # a schedule in both keeps the shipped (newer) time
+            own = [r for r in open_database(db_path).get_all_tuning_records() if record_key(r) not in keys]
+            rewrite(db_path, [*new, *own])
         compact(db_path)
 
 
@@ -194,15 +219,4 @@ def compact(path: Path, keep: int = 2) -> int:
         workloads.setdefault(tvm_ffi.structural_hash(record.workload.mod), record.workload)
     if len(records) <= keep * len(workloads):
         return len(records)  # already compact: leave the files (and their fingerprint) alone
-    partial = path.with_name(path.name + ".compact")
-    for leftover in (partial / RECORDS, partial / WORKLOADS):
-        leftover.unlink(missing_ok=True)
-    slim, kept = open_database(partial), 0
-    for workload in workloads.values():
-        for record in db.get_top_k(workload, keep):
-            _copy_record(record, slim)
-            kept += 1
-    for name in (WORKLOADS, RECORDS):
-        (partial / name).replace(path / name)
-    partial.rmdir()
-    return kept
+    return rewrite(path, [record for workload in workloads.values() for record in db.get_top_k(workload, keep)])

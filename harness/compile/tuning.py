@@ -3,7 +3,9 @@ builder, runners for local and RPC devices, progress and a time budget."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,7 +142,7 @@ class WarmBuilder(PyBuilder):
             self.pool = None
 
 
-def _cross_export(compiler: str):  # noqa: ANN202
+def cross_export(compiler: str):  # noqa: ANN202
     """An export function for MetaSchedule builders that links candidates for a remote board."""
 
     def export(mod: tvm.runtime.Module) -> str:
@@ -155,11 +157,20 @@ def _cross_export(compiler: str):  # noqa: ANN202
     return export
 
 
+def worker_threads(threads: int) -> None:
+    """Initializer of a local runner's worker process: TVM's thread pool with `threads` workers. (Without
+    `TVM_NUM_THREADS` TVM 0.27 takes half the logical CPUs on x86: candidates were measured on 1 thread on a
+    2-vCPU host, while the profile runs 2.)"""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
 def runner_for(profile: DeviceProfile) -> ms.runner.Runner:
-    """Measure candidates locally, or on the profile's board over TVM RPC (tracker or direct server)."""
+    """Measure candidates locally, with the profile's thread count (the target's `num-cores`), or on the
+    profile's board over TVM RPC (tracker or direct server)."""
     if not profile.is_remote:
-        return ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1,
-                                                                               min_repeat_ms=20))
+        return ms.runner.LocalRunner(
+            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20),
+            initializer=functools.partial(worker_threads, profile.thread_count or os.cpu_count() or 1))
     remote = profile.remote
     if remote.tracker is None:
         raise HarnessError(f"device {profile.name}: tuning over RPC needs a tracker (--tracker HOST:PORT)")
@@ -281,7 +292,7 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
         runner = runner_for(profile) if profile is not None else ms.runner.LocalRunner()
         with tqdm(total=trials, desc="tune", unit="trial", disable=None if progress else True) as bar:
             session = _Session(bar, len(todo), deadline)
-            builder = WarmBuilder(f_export=_cross_export(profile.cross_compiler)
+            builder = WarmBuilder(f_export=cross_export(profile.cross_compiler)
                                   if profile is not None and profile.cross_compiler else None, session=session)
             began = time.monotonic()
             try:

@@ -1,0 +1,145 @@
+"""Timing a tuning database's records again, on this machine (or the profile's board) and the profile's threads.
+
+A record's time is what decides which schedule of a kernel is used (the fastest), and what a `--refine` has to
+beat. Times taken on another CPU of the same ISA level, or on another thread count, rank the kept schedules
+for that machine; re-measuring ranks them for this one, and makes them comparable with new candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from tqdm import tqdm
+from tvm.s_tir import Schedule
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.builder import BuilderInput
+
+from harness import cache, noise
+from harness.compile.database import open_database, record_key, rewrite
+from harness.compile.tuning import WarmBuilder, cross_export, runner_for
+from harness.device import DeviceProfile
+from harness.errors import last_line
+
+log = logging.getLogger(__name__)
+
+BATCH = 16  # records built, or timed, together
+ROUNDS = 3  # timings of each record; it keeps the fastest
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RemeasureReport:
+    """What re-timing a database did."""
+
+    records: int  # records timed again
+    failed: int  # of them, records that did not build or run (kept with their old time)
+    kernels: int
+    reranked: int  # kernels whose fastest record is another one now
+    seconds: float
+    other_cores: float  # cores other processes kept busy on average meanwhile (see harness.noise)
+
+    def summary(self) -> str:
+        failed = f" ({self.failed} failed to build or run: kept with their old times)" if self.failed else ""
+        busy = (f"; the host was busy (other processes used {self.other_cores:.1f} cores on average): the new times "
+                "are unreliable, re-measure on an idle machine" if self.other_cores > noise.MAX_BUSY else "")
+        return (f"re-timed {self.records} records of {self.kernels} kernels in {self.seconds:.0f} s{failed}; "
+                f"{self.reranked} kernel(s) now use another of their records{busy}")
+
+
+def _build_input(record: ms.database.TuningRecord, target: tvm.target.Target) -> BuilderInput:
+    sch = Schedule(record.workload.mod)
+    record.trace.apply_to_schedule(sch, remove_postproc=False)
+    return BuilderInput(sch.mod, target)
+
+
+def _measure(records: list[ms.database.TuningRecord], target: tvm.target.Target, profile: DeviceProfile,
+             progress: bool) -> dict[tuple[int, str], list[float]]:
+    """The new time of each record of `records` that built and ran, by `record_key`: its fastest of `ROUNDS`.
+
+    Every record is built first, then timed once per round, the rounds one after another, so that a slow
+    spell of the host (2-thread timings on a 2-vCPU guest jump by 2-6x now and then) costs a record one round,
+    not its rank, and a drift of the host's speed slows every record alike.
+    """
+    device = tvm.runtime.Device._DEVICE_TYPE_TO_NAME[target.get_target_device_type()]  # "cpu", "cuda"
+    builder = WarmBuilder(f_export=cross_export(profile.cross_compiler) if profile.cross_compiler else None)
+    built, samples = [], {}
+    with tqdm(total=len(records) * (1 + ROUNDS), desc="re-measure", unit="step",
+              disable=None if progress else True) as bar:
+        logged, done = time.monotonic(), 0
+
+        def advance(steps: int) -> None:
+            nonlocal logged, done
+            bar.update(steps)
+            done += steps
+            if bar.disable and time.monotonic() - logged > 60:  # no bar (not a terminal): a line a minute
+                logged = time.monotonic()
+                log.info("re-measuring: %d of %d builds and timings", done, len(records) * (1 + ROUNDS))
+
+        try:
+            for first in range(0, len(records), BATCH):
+                batch = records[first:first + BATCH]
+                for record, result in zip(batch, builder.build([_build_input(r, target) for r in batch]), strict=True):
+                    if result.error_msg is None:
+                        built.append((record, result.artifact_path))
+                    else:
+                        log.debug("a record did not build: %s", last_line(result.error_msg))
+                advance(len(batch))
+        finally:
+            builder.close()
+        runner = runner_for(profile)
+        try:
+            for _ in range(ROUNDS):
+                for first in range(0, len(built), BATCH):
+                    batch = built[first:first + BATCH]
+                    futures = runner.run([ms.runner.RunnerInput(path, device, r.args_info) for r, path in batch])
+                    for (record, _), future in zip(batch, futures, strict=True):
+                        run = future.result()
+                        if run.error_msg is None and run.run_secs:
+                            samples.setdefault(record_key(record), []).append(min(float(s) for s in run.run_secs))
+                        else:
+                            log.debug("a record did not run: %s", last_line(run.error_msg or "no time"))
+                    advance(len(batch))
+        finally:
+            for _, path in built:
+                shutil.rmtree(Path(path).parent, ignore_errors=True)
+    return {key: [min(secs)] for key, secs in samples.items()}
+
+
+def _fastest(records: list[ms.database.TuningRecord], times: dict[tuple[int, str], list[float]]) -> dict[int, str]:
+    """The fastest record's trace of each kernel, by the given times (the records' own where absent)."""
+    best: dict[int, tuple[float, str]] = {}
+    for record in records:
+        workload, trace = record_key(record)
+        secs = times.get((workload, trace), [float(s) for s in record.run_secs or [float("inf")]])
+        mean = sum(secs) / len(secs)
+        if workload not in best or mean < best[workload][0]:
+            best[workload] = (mean, trace)
+    return {w: trace for w, (_, trace) in best.items()}
+
+
+def remeasure(db_path: Path, target: tvm.target.Target, profile: DeviceProfile, *,
+              progress: bool = True) -> RemeasureReport:
+    """Time every record of the database at `db_path` again with `profile`'s runner (local, on its threads, or
+    its board) and store the new times; a record that fails to build or run keeps its old time.
+
+    The database is rewritten whole at the end, under its lock; records committed meanwhile by another
+    session are kept as they are.
+    """
+    start = time.monotonic()
+    records = list(open_database(db_path).get_all_tuning_records())
+    with noise.watch(workers=True) as load:
+        times = _measure(records, target, profile, progress)
+    failed = sum(record_key(r) not in times for r in records)
+    before = _fastest(records, {})
+    with cache.locked(db_path):  # rewritten with whatever another session committed meanwhile
+        rewrite(db_path, open_database(db_path).get_all_tuning_records(), lambda r: times.get(record_key(r)))
+    after = _fastest(records, times)
+    if failed:
+        log.warning("%d of %d records did not build or run; they keep their old times", failed, len(records))
+    return RemeasureReport(records=len(records), failed=failed, kernels=len(before),
+                           reranked=sum(after[w] != t for w, t in before.items()),
+                           seconds=time.monotonic() - start, other_cores=load.other_cores)

@@ -1,0 +1,120 @@
+"""Re-timing a tuning database's records on this host and the profile's threads (`harness tune --remeasure`)."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli
+
+from harness.compile import database, import_onnx, remeasure
+from harness.compile.intrinsics import design_space
+from harness.compile.kernels import extract_tasks
+from harness.compile.target import build_target, target_key, target_spec
+from harness.device import load_device
+from harness.export import export_onnx
+
+FAKE_SECS = 5.0  # a time no schedule of a 16x16 convolution takes: a re-timed record no longer has it
+
+
+@pytest.fixture(scope="module")
+def conv_workload(tmp_path_factory):  # noqa: ANN201 (TVM types)
+    """A one-convolution model's (fused) kernel and the single-thread x86 profile (no database is shipped for
+    it, so a workspace's database holds only what a test puts there)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
+    mod = import_onnx(export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx", resolution=16))
+    profile = replace(load_device("x86"), threads=1)
+    (task,) = extract_tasks([mod], build_target(profile))
+    return task.dispatched[0], profile
+
+
+def _records(workload, profile, count: int, secs: float):  # noqa: ANN001, ANN202
+    """`count` records of `workload` (distinct design spaces, postprocessed) claiming `secs` each."""
+    from tvm.s_tir import meta_schedule as ms
+
+    target = build_target(profile)
+    context = ms.TuneContext(mod=workload, target=target, space_generator=design_space(target), rand_state=1)
+    spaces = [s for s in context.generate_design_space() if all(p.apply(s) for p in context.space_generator.postprocs)]
+    assert len(spaces) >= count
+    return [(s.trace, [secs], target, ms.arg_info.ArgInfo.from_entry_func(s.mod, remove_preproc=True))
+            for s in spaces[:count]]
+
+
+def _commit(db_path: Path, workload, records) -> None:  # noqa: ANN001
+    from tvm.s_tir import meta_schedule as ms
+
+    db = database.open_database(db_path)
+    entry = db.commit_workload(workload)
+    for trace, secs, target, args in records:
+        db.commit_tuning_record(ms.database.TuningRecord(trace, entry, secs, target, args))
+
+
+def _times(db_path: Path) -> list[float]:
+    return sorted(float(r.run_secs[0]) for r in database.open_database(db_path).get_all_tuning_records())
+
+
+def test_every_record_gets_a_time_measured_here(conv_workload, tmp_path: Path) -> None:
+    workload, profile = conv_workload
+    _commit(tmp_path, workload, _records(workload, profile, 2, FAKE_SECS))
+    report = remeasure.remeasure(tmp_path, build_target(profile), profile, progress=False)
+    assert (report.records, report.failed, report.kernels) == (2, 0, 1)
+    times = _times(tmp_path)
+    assert len(times) == 2 and all(0 < t < 0.01 for t in times)  # a 16x16x8 convolution: microseconds
+
+
+def test_a_record_that_does_not_run_keeps_its_time(conv_workload, tmp_path: Path) -> None:
+    from tvm.s_tir import meta_schedule as ms
+
+    workload, profile = conv_workload
+    good, (trace, _, target, args) = _records(workload, profile, 2, FAKE_SECS)
+    wrong = [ms.arg_info.TensorInfo("float32", [1, 1]) for _ in args]  # the kernel refuses these arguments
+    _commit(tmp_path, workload, [good, (trace, [0.123], target, wrong)])
+    report = remeasure.remeasure(tmp_path, build_target(profile), profile, progress=False)
+    assert report.failed == 1 and "1 failed" in report.summary()
+    times = _times(tmp_path)
+    assert times[1] == pytest.approx(0.123) and times[0] < 0.01
+
+
+def test_records_committed_meanwhile_are_kept(conv_workload, tmp_path: Path, monkeypatch) -> None:
+    """The database is rewritten at the end: a record another session committed while the old ones were being
+    timed survives, with its own time."""
+    workload, profile = conv_workload
+    first, second = _records(workload, profile, 2, FAKE_SECS)
+    _commit(tmp_path, workload, [first])
+    measure = remeasure._measure
+
+    def measure_then_commit(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        result = measure(*args, **kwargs)
+        _commit(tmp_path, workload, [(second[0], [0.25], *second[2:])])
+        return result
+
+    monkeypatch.setattr(remeasure, "_measure", measure_then_commit)
+    remeasure.remeasure(tmp_path, build_target(profile), profile, progress=False)
+    times = _times(tmp_path)
+    assert len(times) == 2 and times[0] < 0.01 and times[1] == pytest.approx(0.25)
+
+
+def test_cli_remeasures_the_devices_database(conv_workload, tmp_path: Path) -> None:
+    workload, profile = conv_workload
+    device = tmp_path / "x86-1.yaml"
+    device.write_text("name: x86-1\ntarget: {kind: llvm, mcpu: portable}\nthreads: 1\nlayout: NHWC\n")
+    db = tmp_path / "results" / "tuning" / target_key(target_spec(profile))
+    _commit(db, workload, _records(workload, profile, 1, FAKE_SECS))
+    out = run_cli("-q", "tune", "--remeasure", "--device", str(device), "--results", str(tmp_path / "results"))
+    assert out.returncode == 0, out.stderr
+    assert "re-timed 1 records of 1 kernels" in out.stdout
+    assert _times(db)[0] < 0.01
+
+
+def test_a_newer_shipped_database_replaces_the_times_of_the_schedules_it_shares(conv_workload, tmp_path: Path) -> None:
+    """A schedule in both the workspace's and a newer shipped database (say, re-measured on other threads) is
+    kept once, with the shipped time; the workspace's own other schedules stay."""
+    workload, profile = conv_workload
+    shared, own = _records(workload, profile, 2, 0.001)  # the workspace's time of `shared` is faster, yet older
+    _commit(tmp_path / "shipped_db", workload, [(shared[0], [0.002], *shared[2:])])
+    database.pack(tmp_path / "shipped_db", tmp_path / "shipped" / "key")
+    _commit(tmp_path / "ws", workload, [shared, (own[0], [0.3], *own[2:])])
+    (tmp_path / "ws" / database.SEEDED).write_text("older\n")
+    database.seed(tmp_path / "ws", database.shipped_dir("key", tmp_path / "shipped"))
+    assert _times(tmp_path / "ws") == [pytest.approx(0.002), pytest.approx(0.3)]
