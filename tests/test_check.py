@@ -71,6 +71,19 @@ def test_watch_sees_another_busy_process() -> None:
     assert busy.other_cores > 0.5 and idle.other_cores >= 0
 
 
+def test_watch_counts_worker_processes_as_its_own_when_told() -> None:
+    """A tuning runner's worker processes do the measured work: with `workers`, their CPU time is not another
+    process's load."""
+    spin = subprocess.Popen(["python3", "-c", "while True: pass"])
+    try:
+        with watch() as plain, watch(workers=True) as own:  # the same second: other load counts in both alike
+            __import__("time").sleep(1.0)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert plain.other_cores - own.other_cores > 0.3
+
+
 def test_a_noisy_row_is_marked_in_the_printed_table() -> None:
     log = NoiseLog()
     with watch() as load:
