@@ -105,6 +105,8 @@ def test_cli_remeasures_the_devices_database(conv_workload, tmp_path: Path) -> N
     assert out.returncode == 0, out.stderr
     assert "re-timed 1 records of 1 kernels" in out.stdout
     assert _times(db)[0] < 0.01
+    empty = run_cli("-q", "tune", "--remeasure", "--device", str(device), "--results", str(tmp_path / "empty"))
+    assert empty.returncode == 0 and "no records to re-time" in empty.stdout, empty.stderr
 
 
 def test_a_newer_shipped_database_replaces_the_times_of_the_schedules_it_shares(conv_workload, tmp_path: Path) -> None:

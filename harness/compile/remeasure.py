@@ -43,6 +43,8 @@ class RemeasureReport:
     other_cores: float  # cores other processes kept busy on average meanwhile (see harness.noise)
 
     def summary(self) -> str:
+        if not self.records:
+            return "no records to re-time (nothing tuned for this target yet)"
         failed = f" ({self.failed} failed to build or run: kept with their old times)" if self.failed else ""
         busy = (f"; the host was busy (other processes used {self.other_cores:.1f} cores on average): the new times "
                 "are unreliable, re-measure on an idle machine" if self.other_cores > noise.MAX_BUSY else "")
@@ -131,6 +133,9 @@ def remeasure(db_path: Path, target: tvm.target.Target, profile: DeviceProfile, 
     """
     start = time.monotonic()
     records = list(open_database(db_path).get_all_tuning_records())
+    if not records:
+        return RemeasureReport(records=0, failed=0, kernels=0, reranked=0, seconds=time.monotonic() - start,
+                               other_cores=0.0)
     with noise.watch(workers=True) as load:
         times = _measure(records, target, profile, progress)
     failed = sum(record_key(r) not in times for r in records)
