@@ -85,7 +85,8 @@ def tune(args: argparse.Namespace) -> int:
     if args.shipped and args.recipe:
         raise HarnessError("tune --shipped tunes every shipped recipe: name no recipe")
     if args.remeasure:
-        print(f"{tuning_database(profile, ws)}: {remeasure_database(profile, ws, progress=not args.quiet).summary()}")
+        report = remeasure_database(profile, ws, progress=not args.quiet)
+        print(f"{tuning_database(profile, ws)}: {report.summary()}")
         if not (args.shipped or args.recipe):
             return 0
     if args.shipped:

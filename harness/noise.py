@@ -53,7 +53,7 @@ def _live_children_seconds() -> float:
             c = child.cpu_times()
         except psutil.Error:  # ended meanwhile: once waited for, it is in `os.times()`'s children
             continue
-        total += c.user + c.system
+        total += c.user + c.system + c.children_user + c.children_system  # and what it waited for
     return total
 
 

@@ -87,7 +87,7 @@ def tune_exports(exports: list[Exported], profile: DeviceProfile, ws: Workspace,
 
 
 def remeasure_database(profile: DeviceProfile, ws: Workspace, progress: bool = True) -> remeasure.RemeasureReport:
-    """Time every record of `profile`'s database again on this host with the profile's threads (or on its board)."""
+    """Time every record of `profile`'s database again: here with the profile's threads, or on its board."""
     return remeasure.remeasure(tuning_database(profile, ws), build_target(profile), profile, progress=progress)
 
 

@@ -57,10 +57,27 @@ def _times(db_path: Path) -> list[float]:
 def test_every_record_gets_a_time_measured_here(conv_workload, tmp_path: Path) -> None:
     workload, profile = conv_workload
     _commit(tmp_path, workload, _records(workload, profile, 2, FAKE_SECS))
+    workloads = (tmp_path / database.WORKLOADS).read_bytes()
     report = remeasure.remeasure(tmp_path, build_target(profile), profile, progress=False)
     assert (report.records, report.failed, report.kernels) == (2, 0, 1)
     times = _times(tmp_path)
     assert len(times) == 2 and all(0 < t < 0.01 for t in times)  # a 16x16x8 convolution: microseconds
+    # the workload file, whose line numbers a tuning session with the database open appends by, is untouched
+    assert (tmp_path / database.WORKLOADS).read_bytes() == workloads
+
+
+def test_when_no_record_runs_it_stops_with_the_reason_and_changes_nothing(conv_workload, tmp_path: Path) -> None:
+    from tvm.s_tir import meta_schedule as ms
+
+    from harness.errors import HarnessError
+
+    workload, profile = conv_workload
+    trace, secs, target, args = _records(workload, profile, 1, FAKE_SECS)[0]
+    _commit(tmp_path, workload, [(trace, secs, target, [ms.arg_info.TensorInfo("float32", [1, 1]) for _ in args])])
+    before = (tmp_path / database.RECORDS).read_bytes()
+    with pytest.raises(HarnessError, match="no record ran; the first error: run: "):
+        remeasure.remeasure(tmp_path, build_target(profile), profile, progress=False)
+    assert (tmp_path / database.RECORDS).read_bytes() == before
 
 
 def test_a_record_that_does_not_run_keeps_its_time(conv_workload, tmp_path: Path) -> None:

@@ -46,12 +46,10 @@ def shipped_dir(key: str, shipped_root: Path = SHIPPED_DIR) -> Path | None:
     return path if (path / (RECORDS + PACKED)).is_file() and (path / (WORKLOADS + PACKED)).is_file() else None
 
 
-def _copy_record(record: ms.database.TuningRecord, into: ms.database.Database,
-                 run_secs: Sequence[float] | None = None) -> None:
-    """Commit `record` (and its workload) to another database, with other `run_secs` if given."""
+def _copy_record(record: ms.database.TuningRecord, into: ms.database.Database) -> None:
+    """Commit `record` (and its workload) to another database."""
     into.commit_tuning_record(ms.database.TuningRecord(record.trace, into.commit_workload(record.workload.mod),
-                                                       record.run_secs if run_secs is None else list(run_secs),
-                                                       record.target, record.args_info))
+                                                       record.run_secs, record.target, record.args_info))
 
 
 def record_key(record: ms.database.TuningRecord) -> tuple[int, str]:
@@ -59,20 +57,45 @@ def record_key(record: ms.database.TuningRecord) -> tuple[int, str]:
     return tvm_ffi.structural_hash(record.workload.mod), str(record.trace)
 
 
-def rewrite(path: Path, records: Iterable[ms.database.TuningRecord],
-            run_secs: Callable[[ms.database.TuningRecord], Sequence[float] | None] = lambda _: None) -> int:
-    """Replace the database at `path` by `records` (new times from `run_secs` where it gives some), written
-    beside it, then moved into place; returns the number of records."""
+def rewrite(path: Path, records: Iterable[ms.database.TuningRecord]) -> int:
+    """Replace the database at `path` by `records`, written beside it, then moved into place; returns the number
+    of records. Call it under the database's lock: the workload file is written anew, and a tuning session with
+    the database open appends records by the line numbers of the old one."""
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     out, count = open_database(partial), 0
     for record in records:
-        _copy_record(record, out, run_secs(record))
+        _copy_record(record, out)
         count += 1
     for name in (WORKLOADS, RECORDS):
         (partial / name).replace(path / name)
     shutil.rmtree(partial)
     return count
+
+
+def retime(path: Path, run_secs: Callable[[ms.database.TuningRecord], Sequence[float] | None]) -> int:
+    """Give the records of the database at `path` the times `run_secs` has for them (None: keep the old time);
+    returns how many changed. Only the records file is rewritten (beside it, then moved into place): the
+    workload file and its line numbers, by which a tuning session with the database open appends, stay."""
+    register_intrinsics()
+    workloads = (path / WORKLOADS).read_text().splitlines()
+    decoded: dict[int, ms.database.Workload] = {}
+    lines, changed = [], 0
+    for line in (path / RECORDS).read_text().splitlines(keepends=True):
+        if line.endswith("\n"):  # else a record being appended: kept as it is
+            index, record = json.loads(line)
+            if index not in decoded:
+                decoded[index] = ms.database.Workload.from_json(json.loads(workloads[index]))
+            secs = run_secs(ms.database.TuningRecord.from_json(record, decoded[index]))
+            if secs is not None:
+                record[1] = [float(t) for t in secs]
+                line = json.dumps([index, record], separators=(",", ":")) + "\n"
+                changed += 1
+        lines.append(line)
+    tmp = path / (RECORDS + ".tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(path / RECORDS)
+    return changed
 
 
 def _shipped_digest(shipped: Path) -> str:
@@ -96,8 +119,8 @@ def _unpack(shipped: Path, into: Path) -> None:
 def seed(db_path: Path, shipped: Path | None) -> None:
     """Merge the shipped database into the workspace one at `db_path` when it is new or changed since last time.
 
-    An empty workspace database simply becomes a copy; otherwise every shipped record is added to the ones
-    tuned here (MetaSchedule keeps the fastest), and the result compacted.
+    An empty workspace database simply becomes a copy; otherwise the shipped records join the ones tuned here,
+    a schedule in both keeping the shipped time, and the result is compacted (the fastest records per kernel).
     """
     if shipped is None:
         return
@@ -137,7 +160,8 @@ def pack(db_path: Path, shipped: Path, workloads: Sequence[tvm.IRModule] | None 
     import lzma
     import tempfile
 
-    compact(db_path)
+    with cache.locked(db_path):
+        compact(db_path)
     keep = None if workloads is None else {tvm_ffi.structural_hash(m) for m in workloads}
     with tempfile.TemporaryDirectory() as tmp:
         src, slim = open_database(db_path), open_database(Path(tmp))

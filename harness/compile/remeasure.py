@@ -1,4 +1,4 @@
-"""Timing a tuning database's records again, on this machine (or the profile's board) and the profile's threads.
+"""Timing a tuning database's records again: on this machine with the profile's threads, or on its board.
 
 A record's time is what decides which schedule of a kernel is used (the fastest), and what a `--refine` has to
 beat. Times taken on another CPU of the same ISA level, or on another thread count, rank the kept schedules
@@ -20,10 +20,10 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import BuilderInput
 
 from harness import cache, noise
-from harness.compile.database import open_database, record_key, rewrite
+from harness.compile.database import open_database, record_key, retime
 from harness.compile.tuning import WarmBuilder, cross_export, runner_for
 from harness.device import DeviceProfile
-from harness.errors import last_line
+from harness.errors import HarnessError, last_line
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,19 @@ def _build_input(record: ms.database.TuningRecord, target: tvm.target.Target) ->
 
 
 def _measure(records: list[ms.database.TuningRecord], target: tvm.target.Target, profile: DeviceProfile,
-             progress: bool) -> dict[tuple[int, str], list[float]]:
-    """The new time of each record of `records` that built and ran, by `record_key`: its fastest of `ROUNDS`.
+             progress: bool) -> tuple[dict[tuple[int, str], list[float]], float]:
+    """The new time of each record of `records` that built and ran, by `record_key` (its fastest of `ROUNDS`),
+    and the cores other processes kept busy meanwhile (see `harness.noise`).
 
     Every record is built first, then timed once per round, the rounds one after another, so that a slow
     spell of the host (2-thread timings on a 2-vCPU guest jump by 2-6x now and then) costs a record one round,
-    not its rank, and a drift of the host's speed slows every record alike.
+    not its rank, and a drift of the host's speed slows every record alike. When no record of the first batch
+    runs (a board that cannot be reached, a broken runtime) it stops with the reason.
     """
     device = tvm.runtime.Device._DEVICE_TYPE_TO_NAME[target.get_target_device_type()]  # "cpu", "cuda"
+    runner = runner_for(profile)
     builder = WarmBuilder(f_export=cross_export(profile.cross_compiler) if profile.cross_compiler else None)
-    built, samples = [], {}
+    built, samples, errors = [], {}, []
     with tqdm(total=len(records) * (1 + ROUNDS), desc="re-measure", unit="step",
               disable=None if progress else True) as bar:
         logged, done = time.monotonic(), 0
@@ -79,36 +82,45 @@ def _measure(records: list[ms.database.TuningRecord], target: tvm.target.Target,
             done += steps
             if bar.disable and time.monotonic() - logged > 60:  # no bar (not a terminal): a line a minute
                 logged = time.monotonic()
-                log.info("re-measuring: %d of %d builds and timings", done, len(records) * (1 + ROUNDS))
+                log.info("re-measuring: %d of %d builds and timings", done, bar.total)
 
         try:
-            for first in range(0, len(records), BATCH):
-                batch = records[first:first + BATCH]
-                for record, result in zip(batch, builder.build([_build_input(r, target) for r in batch]), strict=True):
-                    if result.error_msg is None:
-                        built.append((record, result.artifact_path))
-                    else:
-                        log.debug("a record did not build: %s", last_line(result.error_msg))
-                advance(len(batch))
-        finally:
-            builder.close()
-        runner = runner_for(profile)
-        try:
-            for _ in range(ROUNDS):
-                for first in range(0, len(built), BATCH):
-                    batch = built[first:first + BATCH]
-                    futures = runner.run([ms.runner.RunnerInput(path, device, r.args_info) for r, path in batch])
-                    for (record, _), future in zip(batch, futures, strict=True):
-                        run = future.result()
-                        if run.error_msg is None and run.run_secs:
-                            samples.setdefault(record_key(record), []).append(min(float(s) for s in run.run_secs))
+            try:
+                for first in range(0, len(records), BATCH):
+                    batch, failed = records[first:first + BATCH], 0
+                    for record, result in zip(batch, builder.build([_build_input(r, target) for r in batch]),
+                                              strict=True):
+                        if result.error_msg is None:
+                            built.append((record, result.artifact_path))
                         else:
-                            log.debug("a record did not run: %s", last_line(run.error_msg or "no time"))
-                    advance(len(batch))
+                            errors.append(f"build: {last_line(result.error_msg)}")
+                            failed += 1
+                    advance(len(batch) + failed * ROUNDS)  # a record that did not build is not timed
+            finally:
+                builder.close()
+            if not built:
+                raise HarnessError(f"re-measure for {profile.name}: no record built; the first error: {errors[0]}")
+            with noise.watch(workers=True) as load:
+                for _ in range(ROUNDS):
+                    for first in range(0, len(built), BATCH):
+                        batch = built[first:first + BATCH]
+                        futures = runner.run([ms.runner.RunnerInput(path, device, r.args_info) for r, path in batch])
+                        for (record, _), future in zip(batch, futures, strict=True):
+                            run = future.result()
+                            if run.error_msg is None and run.run_secs:
+                                samples.setdefault(record_key(record), []).append(min(map(float, run.run_secs)))
+                            else:
+                                errors.append(f"run: {last_line(run.error_msg or 'no time')}")
+                        if not samples:
+                            raise HarnessError(f"re-measure on {profile.name}: no record ran; the first error: "
+                                               f"{errors[0]}")
+                        advance(len(batch))
         finally:
             for _, path in built:
                 shutil.rmtree(Path(path).parent, ignore_errors=True)
-    return {key: [min(secs)] for key, secs in samples.items()}
+    if errors:
+        log.warning("re-measure: %d build or run error(s), the first: %s", len(errors), errors[0])
+    return {key: [min(secs)] for key, secs in samples.items()}, 0.0 if profile.is_remote else load.other_cores
 
 
 def _fastest(records: list[ms.database.TuningRecord], times: dict[tuple[int, str], list[float]]) -> dict[int, str]:
@@ -126,25 +138,20 @@ def _fastest(records: list[ms.database.TuningRecord], times: dict[tuple[int, str
 def remeasure(db_path: Path, target: tvm.target.Target, profile: DeviceProfile, *,
               progress: bool = True) -> RemeasureReport:
     """Time every record of the database at `db_path` again with `profile`'s runner (local, on its threads, or
-    its board) and store the new times; a record that fails to build or run keeps its old time.
+    on its board) and store the new times; a record that fails to build or run keeps its old time.
 
-    The database is rewritten whole at the end, under its lock; records committed meanwhile by another
-    session are kept as they are.
+    The records file is rewritten at the end, under the database's lock; records another session committed
+    meanwhile are kept as they are.
     """
     start = time.monotonic()
     records = list(open_database(db_path).get_all_tuning_records())
     if not records:
         return RemeasureReport(records=0, failed=0, kernels=0, reranked=0, seconds=time.monotonic() - start,
                                other_cores=0.0)
-    with noise.watch(workers=True) as load:
-        times = _measure(records, target, profile, progress)
-    failed = sum(record_key(r) not in times for r in records)
-    before = _fastest(records, {})
-    with cache.locked(db_path):  # rewritten with whatever another session committed meanwhile
-        rewrite(db_path, open_database(db_path).get_all_tuning_records(), lambda r: times.get(record_key(r)))
-    after = _fastest(records, times)
-    if failed:
-        log.warning("%d of %d records did not build or run; they keep their old times", failed, len(records))
-    return RemeasureReport(records=len(records), failed=failed, kernels=len(before),
-                           reranked=sum(after[w] != t for w, t in before.items()),
-                           seconds=time.monotonic() - start, other_cores=load.other_cores)
+    times, other_cores = _measure(records, target, profile, progress)
+    with cache.locked(db_path):  # with the records another session committed meanwhile, unchanged
+        retime(db_path, lambda r: times.get(record_key(r)))
+    before, after = _fastest(records, {}), _fastest(records, times)
+    return RemeasureReport(records=len(records), failed=sum(record_key(r) not in times for r in records),
+                           kernels=len(before), reranked=sum(after[w] != t for w, t in before.items()),
+                           seconds=time.monotonic() - start, other_cores=other_cores)

@@ -157,20 +157,18 @@ def cross_export(compiler: str):  # noqa: ANN202
     return export
 
 
-def worker_threads(threads: int) -> None:
-    """Initializer of a local runner's worker process: TVM's thread pool with `threads` workers. (Without
-    `TVM_NUM_THREADS` TVM 0.27 takes half the logical CPUs on x86: candidates were measured on 1 thread on a
-    2-vCPU host, while the profile runs 2.)"""
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-
-
 def runner_for(profile: DeviceProfile) -> ms.runner.Runner:
     """Measure candidates locally, with the profile's thread count (the target's `num-cores`), or on the
-    profile's board over TVM RPC (tracker or direct server)."""
+    profile's board over TVM RPC (tracker or direct server).
+
+    The local runner's worker process gets `TVM_NUM_THREADS`: without it TVM 0.27 takes half the logical CPUs
+    on x86, so candidates were measured on 1 thread on a 2-vCPU host while the profile runs 2. (`os.putenv`
+    itself is the worker's initializer: a function of the harness would make the worker import it, and torch.)
+    """
     if not profile.is_remote:
-        return ms.runner.LocalRunner(
-            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20),
-            initializer=functools.partial(worker_threads, profile.thread_count or os.cpu_count() or 1))
+        threads = str(profile.thread_count or os.cpu_count() or 1)
+        return ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20),
+                                     initializer=functools.partial(os.putenv, "TVM_NUM_THREADS", threads))
     remote = profile.remote
     if remote.tracker is None:
         raise HarnessError(f"device {profile.name}: tuning over RPC needs a tracker (--tracker HOST:PORT)")
