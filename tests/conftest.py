@@ -45,18 +45,24 @@ def fresh_tune_trials(stdout: str) -> int:
     return int(found[1]) if found else 0
 
 
-def tensorized_schedule(workload, target):  # noqa: ANN001, ANN201 (TVM types: imported lazily)
-    """The first design space of `workload` (a fused TIR kernel) in the harness's dot-product search for
-    `target` that tensorizes, postprocessed (a space that computes the padding inline does not tensorize).
-    Taken without measuring: for tests of what tensorized kernels compute, not of their speed."""
+def postprocessed_spaces(workload, target, rand_state: int = 0):  # noqa: ANN001, ANN201 (TVM types)
+    """The design spaces of `workload` (a fused TIR kernel) in the harness's search for `target` that its
+    postprocessors accept, postprocessed: schedules as MetaSchedule would measure them, taken without measuring."""
     from tvm.s_tir import meta_schedule as ms
 
     from harness.compile.intrinsics import design_space
 
-    context = ms.TuneContext(mod=workload, target=target, space_generator=design_space(target), rand_state=0)
-    for sch in context.generate_design_space():
-        if all(p.apply(sch) for p in context.space_generator.postprocs) and "Tensorize" in [
-                inst.kind.name for inst in sch.trace.insts]:
+    context = ms.TuneContext(mod=workload, target=target, space_generator=design_space(target),
+                             rand_state=rand_state)
+    return (s for s in context.generate_design_space() if all(p.apply(s) for p in context.space_generator.postprocs))
+
+
+def tensorized_schedule(workload, target):  # noqa: ANN001, ANN201 (TVM types: imported lazily)
+    """The first postprocessed design space of `workload` in the harness's dot-product search for `target` that
+    tensorizes (a space that computes the padding inline does not). For tests of what tensorized kernels
+    compute, not of their speed."""
+    for sch in postprocessed_spaces(workload, target):
+        if "Tensorize" in [inst.kind.name for inst in sch.trace.insts]:
             return sch
     raise AssertionError(f"no design space tensorizes for {target}")
 

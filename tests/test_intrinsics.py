@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from conftest import start_emulated_boards, tensorized_schedule
+from conftest import postprocessed_spaces, start_emulated_boards, tensorized_schedule
 from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 
@@ -17,7 +17,6 @@ from harness.compile.intrinsics import (
     AVX2_DOT_8x4,
     DotProduct,
     VNNI_DOT_8x4,
-    design_space,
     dot_product,
 )
 from harness.compile.packing import dot_product_layout, pack_weights, pairs_cannot_saturate
@@ -246,10 +245,7 @@ def test_packed_weights_keep_their_layout_and_other_weights_are_rewritten(window
     assert converted == 1
     for mod, rewritten in ((packed, False), (_integer_conv(w.astype(np.float32)), True)):
         (task,) = [t for t in kernels.extract_tasks([mod], target) if "conv2d" in t.task_name]
-        context = ms.TuneContext(mod=task.dispatched[0], target=target, space_generator=design_space(target),
-                                 rand_state=0)
-        spaces = [s for s in context.generate_design_space()
-                  if all(p.apply(s) for p in context.space_generator.postprocs)]
+        spaces = list(postprocessed_spaces(task.dispatched[0], target))
         assert spaces
         assert any("layout_rewrite_preproc" in sch.mod.script() for sch in spaces) == rewritten
         for sch in spaces:

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import postprocessed_spaces, run_cli
 
 from harness.compile import database, import_onnx, remeasure
-from harness.compile.intrinsics import design_space
 from harness.compile.kernels import extract_tasks
 from harness.compile.target import build_target, target_key, target_spec
 from harness.device import load_device
@@ -34,8 +33,7 @@ def _records(workload, profile, count: int, secs: float):  # noqa: ANN001, ANN20
     from tvm.s_tir import meta_schedule as ms
 
     target = build_target(profile)
-    context = ms.TuneContext(mod=workload, target=target, space_generator=design_space(target), rand_state=1)
-    spaces = [s for s in context.generate_design_space() if all(p.apply(s) for p in context.space_generator.postprocs)]
+    spaces = list(postprocessed_spaces(workload, target, rand_state=1))
     assert len(spaces) >= count
     return [(s.trace, [secs], target, ms.arg_info.ArgInfo.from_entry_func(s.mod, remove_preproc=True))
             for s in spaces[:count]]
