@@ -252,3 +252,46 @@ def test_local_runner_measures_candidates_on_the_profiles_threads(threads: int) 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the worker cannot import this test module
     runner = tuning.runner_for(replace(load_device("x86"), threads=threads))
     assert runner.pool.submit(_tvm_threads).result() == threads
+    # called without a profile (library use), tuning times on the target's `num-cores`
+    target = build_target(replace(load_device("x86"), threads=threads))
+    assert tuning._local_runner(tuning._target_threads(target)).pool.submit(_tvm_threads).result() == threads
+
+
+def _imported(module: str) -> bool:
+    import sys
+
+    return module in sys.modules
+
+
+def test_a_candidates_time_is_the_fastest_of_its_timings_taken_in_a_light_worker(tmp_path: Path) -> None:
+    """The runner reports one time per candidate (MetaSchedule ranks by the mean of what it gets: one slow timing
+    of several would count), from a worker that imports TVM but not the harness's compile side (nor, with it, ONNX)."""
+    import sys
+
+    import cloudpickle
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+
+    from harness import candidate_timing
+
+    a = te.placeholder((64, 64), name="a")
+    b = te.compute((64, 64), lambda i, j: a[i, j] * 2.0, name="b")
+    func = te.create_prim_func([a, b])
+    profile = replace(load_device("x86"), threads=1)
+    builder = tuning.WarmBuilder(max_workers=1)
+    try:
+        (built,) = builder.build([BuilderInput(tvm.IRModule({"main": func}), build_target(profile))])
+    finally:
+        builder.close()
+    assert built.error_msg is None, built.error_msg
+    runner = tuning.runner_for(profile)
+    assert runner.evaluator_config.repeat == candidate_timing.REPEAT > 1
+    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu",
+                                                  ms.arg_info.ArgInfo.from_prim_func(func))])
+    result = future.result()
+    assert result.error_msg is None, result.error_msg
+    assert len(result.run_secs) == 1 and 0 < float(result.run_secs[0]) < 0.1
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    assert [runner.pool.submit(_imported, m).result() for m in ("tvm", "harness.compile", "onnx")] == \
+        [True, False, False]

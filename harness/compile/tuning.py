@@ -19,7 +19,7 @@ from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuild
 from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
-from harness import cache
+from harness import cache, candidate_timing
 from harness.compile.database import compact, database_fingerprint, open_database
 from harness.compile.intrinsics import design_space
 from harness.compile.kernels import coverage, extract_tasks, is_tuned
@@ -157,26 +157,34 @@ def cross_export(compiler: str):  # noqa: ANN202
     return export
 
 
+def _local_runner(threads: int) -> ms.runner.LocalRunner:
+    """Candidates timed in a worker process on `threads` threads (its `TVM_NUM_THREADS`: without it TVM 0.27 takes
+    half the logical CPUs on x86, so candidates were measured on 1 thread on a 2-vCPU host while the profile runs
+    2; `os.putenv` itself is the worker's initializer: a function of this module would make it import the harness)."""
+    return ms.runner.LocalRunner(evaluator_config=candidate_timing.CONFIG,
+                                 f_run_evaluator=candidate_timing.fastest_of_repeats,
+                                 initializer=functools.partial(os.putenv, "TVM_NUM_THREADS", str(threads)))
+
+
+def _target_threads(target: tvm.target.Target) -> int:
+    """The threads a CPU target's kernels are built for (its `num-cores`), else this machine's CPUs."""
+    return int(target.attrs.get("num-cores") or 0) or os.cpu_count() or 1
+
+
 def runner_for(profile: DeviceProfile) -> ms.runner.Runner:
     """Measure candidates locally, with the profile's thread count (the target's `num-cores`), or on the
-    profile's board over TVM RPC (tracker or direct server).
-
-    The local runner's worker process gets `TVM_NUM_THREADS`: without it TVM 0.27 takes half the logical CPUs
-    on x86, so candidates were measured on 1 thread on a 2-vCPU host while the profile runs 2. (`os.putenv`
-    itself is the worker's initializer: a function of the harness would make the worker import it, and torch.)
-    """
+    profile's board over TVM RPC (tracker or direct server); each candidate's time is the fastest of
+    `candidate_timing.REPEAT` timings."""
     if not profile.is_remote:
-        threads = str(profile.thread_count or os.cpu_count() or 1)
-        return ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20),
-                                     initializer=functools.partial(os.putenv, "TVM_NUM_THREADS", threads))
+        return _local_runner(profile.thread_count or os.cpu_count() or 1)
     remote = profile.remote
     if remote.tracker is None:
         raise HarnessError(f"device {profile.name}: tuning over RPC needs a tracker (--tracker HOST:PORT)")
     host, port = parse_hostport(remote.tracker, f"device {profile.name} tracker")
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=remote.key,
                                  session_timeout_sec=int(remote.timeout_s))
-    return ms.runner.RPCRunner(rpc_config=config,
-                               evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20))
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=candidate_timing.CONFIG,
+                               f_run_evaluator=candidate_timing.fastest_of_repeats_rpc)
 
 
 @derived_object
@@ -287,7 +295,7 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
     if todo and trials > 0:
         per_task = max(8, -(-trials // len(todo)))
         deadline = start + 60 * minutes if minutes else None
-        runner = runner_for(profile) if profile is not None else ms.runner.LocalRunner()
+        runner = runner_for(profile) if profile is not None else _local_runner(_target_threads(target))
         with tqdm(total=trials, desc="tune", unit="trial", disable=None if progress else True) as bar:
             session = _Session(bar, len(todo), deadline)
             builder = WarmBuilder(f_export=cross_export(profile.cross_compiler)
