@@ -23,7 +23,10 @@ def fastest_of_repeats(rt_mod: Module, device: Device, evaluator_config: Evaluat
     return [min(run_evaluator_common(rt_mod, device, evaluator_config, repeated_args))]
 
 
-def fastest_of_repeats_rpc(_session: RPCSession, rt_mod: Module, device: Device, evaluator_config: EvaluatorConfig,
-                           repeated_args: list[T_ARGUMENT_LIST]) -> list[float]:
-    """`fastest_of_repeats` for MetaSchedule's RPC runner (its evaluators also get the RPC session)."""
+def fastest_of_repeats_rpc(session: RPCSession, rt_mod: Module, device: Device, evaluator_config: EvaluatorConfig,
+                           repeated_args: list[T_ARGUMENT_LIST], *, threads: int | None = None) -> list[float]:
+    """`fastest_of_repeats` for MetaSchedule's RPC runner (its evaluators also get the session), on `threads`
+    threads of the board (None: the board's default, all its big cores)."""
+    if threads is not None:
+        session.get_function("runtime.config_threadpool")(1, threads)  # 1: big cores first
     return fastest_of_repeats(rt_mod, device, evaluator_config, repeated_args)

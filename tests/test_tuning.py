@@ -263,31 +263,37 @@ def _imported(module: str) -> bool:
     return module in sys.modules
 
 
-def test_a_candidates_time_is_the_fastest_of_its_timings_taken_in_a_light_worker(tmp_path: Path) -> None:
-    """The runner reports one time per candidate (MetaSchedule ranks by the mean of what it gets: one slow timing
-    of several would count), from a worker that imports TVM but not the harness's compile side (nor, with it, ONNX)."""
-    import sys
-
-    import cloudpickle
+def _elementwise_candidate(profile):  # noqa: ANN001, ANN202 (TVM types)
+    """A built candidate (artifact path) of a 64×64 elementwise kernel for `profile`, and its prim func."""
     from tvm import te
-    from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.builder import BuilderInput
 
-    from harness import candidate_timing
-
     a = te.placeholder((64, 64), name="a")
-    b = te.compute((64, 64), lambda i, j: a[i, j] * 2.0, name="b")
-    func = te.create_prim_func([a, b])
-    profile = replace(load_device("x86"), threads=1)
+    func = te.create_prim_func([a, te.compute((64, 64), lambda i, j: a[i, j] * 2.0, name="b")])
     builder = tuning.WarmBuilder(max_workers=1)
     try:
         (built,) = builder.build([BuilderInput(tvm.IRModule({"main": func}), build_target(profile))])
     finally:
         builder.close()
     assert built.error_msg is None, built.error_msg
+    return built.artifact_path, func
+
+
+def test_a_candidates_time_is_the_fastest_of_its_timings_taken_in_a_light_worker(tmp_path: Path) -> None:
+    """The runner reports one time per candidate (MetaSchedule ranks by the mean of what it gets: one slow timing
+    of several would count), from a worker that imports TVM but not the harness's compile side (nor, with it, ONNX)."""
+    import sys
+
+    import cloudpickle
+    from tvm.s_tir import meta_schedule as ms
+
+    from harness import candidate_timing
+
+    profile = replace(load_device("x86"), threads=1)
+    path, func = _elementwise_candidate(profile)
     runner = tuning.runner_for(profile)
     assert runner.evaluator_config.repeat == candidate_timing.REPEAT > 1
-    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu",
+    (future,) = runner.run([ms.runner.RunnerInput(path, "cpu",
                                                   ms.arg_info.ArgInfo.from_prim_func(func))])
     result = future.result()
     assert result.error_msg is None, result.error_msg
@@ -295,3 +301,28 @@ def test_a_candidates_time_is_the_fastest_of_its_timings_taken_in_a_light_worker
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     assert [runner.pool.submit(_imported, m).result() for m in ("tvm", "harness.compile", "onnx")] == \
         [True, False, False]
+
+
+def test_candidates_on_a_board_are_timed_on_the_profiles_threads(monkeypatch) -> None:
+    """The RPC runner's evaluator sizes the board's thread pool (a board may have more cores than the profile
+    uses); here the board is a TVM RPC server on this host, whose TVM takes 2 threads by default."""
+    import numpy as np
+    from tvm import rpc
+
+    from harness import candidate_timing
+
+    path, _ = _elementwise_candidate(load_device("x86"))
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")  # the server's default (TVM's own: half the CPUs on x86)
+    server = rpc.Server(host="127.0.0.1", port=9390, port_end=9490)
+    try:
+        session = rpc.connect("127.0.0.1", server.port)
+        session.upload(path)
+        rt_mod, device = session.load_module(Path(path).name), session.cpu()
+        args = [tvm.runtime.tensor(np.ones((64, 64), "float32"), device) for _ in range(2)]
+        for threads in (1, 2):
+            (secs,) = candidate_timing.fastest_of_repeats_rpc(session, rt_mod, device, candidate_timing.CONFIG,
+                                                               [args], threads=threads)
+            assert 0 < secs < 0.1
+            assert session.get_function("runtime.NumThreads")() == threads
+    finally:
+        server.terminate()

@@ -172,8 +172,8 @@ def _target_threads(target: tvm.target.Target) -> int:
 
 
 def runner_for(profile: DeviceProfile) -> ms.runner.Runner:
-    """Measure candidates locally, with the profile's thread count (the target's `num-cores`), or on the
-    profile's board over TVM RPC (tracker or direct server); each candidate's time is the fastest of
+    """Measure candidates locally or on the profile's board over TVM RPC (through its tracker), on the
+    profile's threads (the target's `num-cores`); each candidate's time is the fastest of
     `candidate_timing.REPEAT` timings."""
     if not profile.is_remote:
         return _local_runner(profile.thread_count or os.cpu_count() or 1)
@@ -184,7 +184,8 @@ def runner_for(profile: DeviceProfile) -> ms.runner.Runner:
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=remote.key,
                                  session_timeout_sec=int(remote.timeout_s))
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=candidate_timing.CONFIG,
-                               f_run_evaluator=candidate_timing.fastest_of_repeats_rpc)
+                               f_run_evaluator=functools.partial(candidate_timing.fastest_of_repeats_rpc,
+                                                                 threads=profile.thread_count))
 
 
 @derived_object
