@@ -84,6 +84,9 @@ def tune(args: argparse.Namespace) -> int:
     profile, ws = _profile(args), _workspace(args)
     if args.shipped and args.recipe:
         raise HarnessError("tune --shipped tunes every shipped recipe: name no recipe")
+    if args.remeasure and not (args.shipped or args.recipe) and (args.refine or args.minutes is not None):
+        raise HarnessError("tune --remeasure: --refine and --minutes tune recipes after the re-measure: name them, "
+                           "or --shipped")
     if args.remeasure:
         report = remeasure_database(profile, ws, progress=not args.quiet)
         print(f"{tuning_database(profile, ws)}: {report.summary()}")

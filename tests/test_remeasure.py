@@ -116,6 +116,9 @@ def test_cli_remeasures_the_devices_database(conv_workload, tmp_path: Path) -> N
     device.write_text("name: x86-1\ntarget: {kind: llvm, mcpu: portable}\nthreads: 1\nlayout: NHWC\n")
     db = tmp_path / "results" / "tuning" / target_key(target_spec(profile))
     _commit(db, workload, _records(workload, profile, 1, FAKE_SECS))
+    alone = run_cli("-q", "tune", "--remeasure", "--refine", "--device", str(device), "--results",
+                    str(tmp_path / "results"))  # nothing to refine: a usage error, before anything is timed
+    assert alone.returncode == 2 and "name them, or --shipped" in alone.stderr and _times(db)[0] == FAKE_SECS
     out = run_cli("-q", "tune", "--remeasure", "--device", str(device), "--results", str(tmp_path / "results"))
     assert out.returncode == 0, out.stderr
     assert "re-timed 1 records of 1 kernels" in out.stdout
