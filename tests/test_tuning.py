@@ -1,6 +1,8 @@
 """MetaSchedule tuning: a real (small) tuning session on a tiny model, its database reused by compiles."""
 
+import contextlib
 import logging
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -263,8 +265,10 @@ def _imported(module: str) -> bool:
     return module in sys.modules
 
 
+@contextlib.contextmanager
 def _elementwise_candidate(profile):  # noqa: ANN001, ANN202 (TVM types)
-    """A built candidate (artifact path) of a 64×64 elementwise kernel for `profile`, and its prim func."""
+    """A built candidate (artifact path) of a 64×64 elementwise kernel for `profile`, and its prim func; the
+    artifact is removed afterwards."""
     from tvm import te
     from tvm.s_tir.meta_schedule.builder import BuilderInput
 
@@ -276,10 +280,13 @@ def _elementwise_candidate(profile):  # noqa: ANN001, ANN202 (TVM types)
     finally:
         builder.close()
     assert built.error_msg is None, built.error_msg
-    return built.artifact_path, func
+    try:
+        yield built.artifact_path, func
+    finally:
+        shutil.rmtree(Path(built.artifact_path).parent, ignore_errors=True)
 
 
-def test_a_candidates_time_is_the_fastest_of_its_timings_taken_in_a_light_worker(tmp_path: Path) -> None:
+def test_a_candidates_time_is_the_fastest_of_its_timings_taken_in_a_light_worker() -> None:
     """The runner reports one time per candidate (MetaSchedule ranks by the mean of what it gets: one slow timing
     of several would count), from a worker that imports TVM but not the harness's compile side (nor, with it, ONNX)."""
     import sys
@@ -290,12 +297,11 @@ def test_a_candidates_time_is_the_fastest_of_its_timings_taken_in_a_light_worker
     from harness import candidate_timing
 
     profile = replace(load_device("x86"), threads=1)
-    path, func = _elementwise_candidate(profile)
     runner = tuning.runner_for(profile)
     assert runner.evaluator_config.repeat == candidate_timing.REPEAT > 1
-    (future,) = runner.run([ms.runner.RunnerInput(path, "cpu",
-                                                  ms.arg_info.ArgInfo.from_prim_func(func))])
-    result = future.result()
+    with _elementwise_candidate(profile) as (path, func):
+        (future,) = runner.run([ms.runner.RunnerInput(path, "cpu", ms.arg_info.ArgInfo.from_prim_func(func))])
+        result = future.result()
     assert result.error_msg is None, result.error_msg
     assert len(result.run_secs) == 1 and 0 < float(result.run_secs[0]) < 0.1
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -311,12 +317,12 @@ def test_candidates_on_a_board_are_timed_on_the_profiles_threads(monkeypatch) ->
 
     from harness import candidate_timing
 
-    path, _ = _elementwise_candidate(load_device("x86"))
     monkeypatch.setenv("TVM_NUM_THREADS", "2")  # the server's default (TVM's own: half the CPUs on x86)
     server = rpc.Server(host="127.0.0.1", port=9390, port_end=9490)
     try:
         session = rpc.connect("127.0.0.1", server.port)
-        session.upload(path)
+        with _elementwise_candidate(load_device("x86")) as (path, _):
+            session.upload(path)
         rt_mod, device = session.load_module(Path(path).name), session.cpu()
         args = [tvm.runtime.tensor(np.ones((64, 64), "float32"), device) for _ in range(2)]
         for threads in (1, 2):
