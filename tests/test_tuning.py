@@ -12,7 +12,7 @@ import torch
 import tvm
 from conftest import TINY_RECIPE, fresh_tune_trials, run_cli
 
-from harness.compile import database, import_onnx, kernels, prepare_module, search, tuning
+from harness.compile import database, import_onnx, kernels, prepare_module, runners, search, tuning
 from harness.compile.target import build_target, target_key, target_spec
 from harness.device import load_device
 from harness.errors import HarnessError
@@ -252,11 +252,11 @@ def test_local_runner_measures_candidates_on_the_profiles_threads(threads: int) 
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the worker cannot import this test module
-    runner = tuning.runner_for(replace(load_device("x86"), threads=threads))
+    runner = runners.runner_for(replace(load_device("x86"), threads=threads))
     assert runner.pool.submit(_tvm_threads).result() == threads
     # called without a profile (library use), tuning times on the target's `num-cores`
     target = build_target(replace(load_device("x86"), threads=threads))
-    assert tuning._local_runner(tuning._target_threads(target)).pool.submit(_tvm_threads).result() == threads
+    assert runners.local_runner(runners.target_threads(target)).pool.submit(_tvm_threads).result() == threads
 
 
 def _imported(module: str) -> bool:
@@ -297,7 +297,7 @@ def test_a_candidates_time_is_the_fastest_of_its_timings_taken_in_a_light_worker
     from harness import candidate_timing
 
     profile = replace(load_device("x86"), threads=1)
-    runner = tuning.runner_for(profile)
+    runner = runners.runner_for(profile)
     assert runner.evaluator_config.repeat == candidate_timing.REPEAT > 1
     with _elementwise_candidate(profile) as (path, func):
         (future,) = runner.run([ms.runner.RunnerInput(path, "cpu", ms.arg_info.ArgInfo.from_prim_func(func))])

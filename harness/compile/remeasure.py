@@ -21,7 +21,8 @@ from tvm.s_tir.meta_schedule.builder import BuilderInput
 
 from harness import cache, noise
 from harness.compile.database import open_database, record_key, retime
-from harness.compile.tuning import WarmBuilder, cross_export, runner_for
+from harness.compile.runners import runner_for
+from harness.compile.tuning import WarmBuilder, cross_export
 from harness.device import DeviceProfile
 from harness.errors import HarnessError, last_line
 

@@ -1,11 +1,9 @@
 """MetaSchedule tuning of a set of modules into a database (see harness.compile.database): a warm
-builder, runners for local and RPC devices, progress and a time budget."""
+builder, progress and a time budget (the runners: harness.compile.runners)."""
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,13 +17,14 @@ from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuild
 from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
-from harness import cache, candidate_timing
+from harness import cache
 from harness.compile.database import compact, database_fingerprint, open_database
 from harness.compile.intrinsics import design_space
 from harness.compile.kernels import coverage, extract_tasks, is_tuned
+from harness.compile.runners import local_runner, runner_for, target_threads
 from harness.compile.search import RedrawingSearch
-from harness.device import DeviceProfile, parse_hostport
-from harness.errors import HarnessError, last_line
+from harness.device import DeviceProfile
+from harness.errors import last_line
 from harness.specs import TuningCoverage
 
 log = logging.getLogger(__name__)
@@ -157,37 +156,6 @@ def cross_export(compiler: str):  # noqa: ANN202
     return export
 
 
-def _local_runner(threads: int) -> ms.runner.LocalRunner:
-    """Candidates timed in a worker process on `threads` threads (its `TVM_NUM_THREADS`: without it TVM 0.27 takes
-    half the logical CPUs on x86, so candidates were measured on 1 thread on a 2-vCPU host while the profile runs
-    2; `os.putenv` itself is the worker's initializer: a function of this module would make it import the harness)."""
-    return ms.runner.LocalRunner(evaluator_config=candidate_timing.CONFIG,
-                                 f_run_evaluator=candidate_timing.fastest_of_repeats,
-                                 initializer=functools.partial(os.putenv, "TVM_NUM_THREADS", str(threads)))
-
-
-def _target_threads(target: tvm.target.Target) -> int:
-    """The threads a CPU target's kernels are built for (its `num-cores`), else this machine's CPUs."""
-    return int(target.attrs.get("num-cores") or 0) or os.cpu_count() or 1
-
-
-def runner_for(profile: DeviceProfile) -> ms.runner.Runner:
-    """Measure candidates locally or on the profile's board over TVM RPC (through its tracker), on the
-    profile's threads (the target's `num-cores`); each candidate's time is the fastest of
-    `candidate_timing.REPEAT` timings."""
-    if not profile.is_remote:
-        return _local_runner(profile.thread_count or os.cpu_count() or 1)
-    remote = profile.remote
-    if remote.tracker is None:
-        raise HarnessError(f"device {profile.name}: tuning over RPC needs a tracker (--tracker HOST:PORT)")
-    host, port = parse_hostport(remote.tracker, f"device {profile.name} tracker")
-    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=remote.key,
-                                 session_timeout_sec=int(remote.timeout_s))
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=candidate_timing.CONFIG,
-                               f_run_evaluator=functools.partial(candidate_timing.fastest_of_repeats_rpc,
-                                                                 threads=profile.thread_count))
-
-
 @derived_object
 class _Progress(ms.measure_callback.PyMeasureCallback):
     """Records each task's best latency; ends every task once the session's deadline has passed."""
@@ -296,7 +264,7 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
     if todo and trials > 0:
         per_task = max(8, -(-trials // len(todo)))
         deadline = start + 60 * minutes if minutes else None
-        runner = runner_for(profile) if profile is not None else _local_runner(_target_threads(target))
+        runner = runner_for(profile) if profile is not None else local_runner(target_threads(target))
         with tqdm(total=trials, desc="tune", unit="trial", disable=None if progress else True) as bar:
             session = _Session(bar, len(todo), deadline)
             builder = WarmBuilder(f_export=cross_export(profile.cross_compiler)

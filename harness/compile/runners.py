@@ -1,0 +1,45 @@
+"""MetaSchedule runners: where, and on how many threads, tuning candidates are timed (on this host or on a
+board over TVM RPC); how each is timed is `harness.candidate_timing`."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+from harness import candidate_timing
+from harness.device import DeviceProfile, parse_hostport
+from harness.errors import HarnessError
+
+
+def local_runner(threads: int) -> ms.runner.LocalRunner:
+    """Candidates timed in a worker process on `threads` threads: its `TVM_NUM_THREADS` (TVM 0.27's default is
+    half the logical CPUs on x86: 1 on a 2-vCPU host), set by `os.putenv` itself as the worker's initializer (a
+    function of the harness would make each worker import the harness)."""
+    return ms.runner.LocalRunner(evaluator_config=candidate_timing.CONFIG,
+                                 f_run_evaluator=candidate_timing.fastest_of_repeats,
+                                 initializer=functools.partial(os.putenv, "TVM_NUM_THREADS", str(threads)))
+
+
+def target_threads(target: tvm.target.Target) -> int:
+    """The threads a CPU target's kernels are built for (its `num-cores`), else this machine's CPUs."""
+    return int(target.attrs.get("num-cores") or 0) or os.cpu_count() or 1
+
+
+def runner_for(profile: DeviceProfile) -> ms.runner.Runner:
+    """Measure candidates locally or on the profile's board over TVM RPC (through its tracker), on the
+    profile's threads (the target's `num-cores`); each candidate's time is the fastest of
+    `candidate_timing.REPEAT` timings."""
+    if not profile.is_remote:
+        return local_runner(profile.thread_count or os.cpu_count() or 1)
+    remote = profile.remote
+    if remote.tracker is None:
+        raise HarnessError(f"device {profile.name}: tuning over RPC needs a tracker (--tracker HOST:PORT)")
+    host, port = parse_hostport(remote.tracker, f"device {profile.name} tracker")
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=remote.key,
+                                 session_timeout_sec=int(remote.timeout_s))
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=candidate_timing.CONFIG,
+                               f_run_evaluator=functools.partial(candidate_timing.fastest_of_repeats_rpc,
+                                                                 threads=profile.thread_count))
