@@ -170,6 +170,9 @@ class _Draws:
             raise tvm.error.InternalError("Check failed: (ind.as<PrimVar>()) is false:")
         return []  # an (empty) batch
 
+    def clone(self) -> "_Draws":
+        return self
+
 
 @pytest.mark.parametrize("failing", [search.DRAWS - 1, search.DRAWS])
 def test_a_batch_tvm_cannot_prepare_is_drawn_again_then_its_task_ends(failing: int, caplog) -> None:
@@ -182,6 +185,17 @@ def test_a_batch_tvm_cannot_prepare_is_drawn_again_then_its_task_ends(failing: i
         assert batch is not None and len(batch) == 0 and draws.draws == failing + 1 and not caplog.text
     else:
         assert batch is None and draws.draws == search.DRAWS and "could not prepare" in caplog.text
+
+
+def test_once_the_time_budget_is_spent_the_search_draws_nothing() -> None:
+    """After the budget, a task gets no more candidates (so it ends) instead of searching for batches the builder
+    would not build; clones (one per task) share the budget."""
+    draws, spent = _Draws(0), [False]
+    strategy = search.RedrawingSearch(draws, expired=lambda: spent[0])
+    assert strategy.generate_measure_candidates() == [] and draws.draws == 1
+    spent[0] = True
+    assert strategy.generate_measure_candidates() is None and draws.draws == 1
+    assert strategy.clone().generate_measure_candidates() is None and draws.draws == 1
 
 
 def test_meta_schedule_configures_its_loggers_beside_a_foreign_handler(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ cannot prepare for measurement."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import tvm
 from tvm.ir.utils import derived_object
@@ -26,13 +27,17 @@ class RedrawingSearch(PySearchStrategy):
     surfaces from the strategy's `generate_measure_candidates` and used to end the whole tuning session, so
     that the chunk's other kernels lost their records. Here the batch is drawn again (the search samples
     anew), up to `DRAWS` times; then the task ends with the records it has, and the session goes on.
+
+    Once `expired()` (the session's time budget is spent) it draws nothing, so the task ends: MetaSchedule
+    would otherwise go on searching each task of the session (seconds each) for candidates no one builds.
     """
 
-    def __init__(self, inner: ms.search_strategy.SearchStrategy | None = None) -> None:
+    def __init__(self, inner: ms.search_strategy.SearchStrategy | None = None,
+                 expired: Callable[[], bool] | None = None) -> None:
         super().__init__()
         self.inner = inner or ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32,
                                                                     genetic_num_iters=3)
-        self.task = ""
+        self.expired, self.task = expired, ""
 
     def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
         self.task = str(context.task_name)
@@ -46,6 +51,8 @@ class RedrawingSearch(PySearchStrategy):
         self.inner.post_tuning()
 
     def generate_measure_candidates(self) -> list[MeasureCandidate] | None:
+        if self.expired is not None and self.expired():
+            return None
         for draw in range(DRAWS):
             try:
                 return self.inner.generate_measure_candidates()
@@ -61,4 +68,4 @@ class RedrawingSearch(PySearchStrategy):
         self.inner.notify_runner_results(measure_candidates, results)
 
     def clone(self) -> ms.search_strategy.SearchStrategy:
-        return RedrawingSearch(self.inner.clone())
+        return RedrawingSearch(self.inner.clone(), self.expired)

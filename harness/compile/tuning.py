@@ -205,7 +205,7 @@ def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_di
     any record is committed, which is why a long list is tuned in chunks (a kill loses one chunk at most)."""
     if trials <= 0:
         return
-    strategy = RedrawingSearch()
+    strategy = RedrawingSearch(expired=session.expired)
     release_foreign_log_handlers()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         tasks, str(work_dir), space=design_space(tasks[0].target), strategy=strategy)
