@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from harness.build import Exported, compile_variant, export_variant, preflight, structural
 from harness.compile import Artifact, CompileReport
@@ -29,6 +28,7 @@ from harness.device import DeviceProfile
 from harness.errors import HarnessError
 from harness.measure import LatencyStats, LocalExecutor, latency_stats, ort_session, settle, time_callable
 from harness.noise import Load, NoiseLog, watch
+from harness.progress import progress_over
 from harness.results import Conditions, Row, write_table
 from harness.schema import content_hash
 from harness.specs import CompileOptions, MeasureSpec, QuantizeSpec, Recipe
@@ -81,8 +81,9 @@ class Runners:
 
 
 def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | None = None,
-            progress: bool = True) -> Runners:
-    """TVM untuned, TVM tuned (when the device has a database), ONNX Runtime and PyTorch for `recipe`.
+            progress: bool = True, untuned: bool = True) -> Runners:
+    """TVM untuned (unless not `untuned`), TVM tuned (when the device has a database), ONNX Runtime and PyTorch
+    for `recipe`.
 
     Thread counts are the profile's for all of them (PyTorch's is set process-wide). Latency does not depend
     on the weights, so the models are built untrained (`build.structural`): a bench trains nothing.
@@ -101,7 +102,7 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
     variants = [("", exported.options)]
     if exported.options.integer:  # int8: also the importer's float dequantize→conv→quantize path
         variants.append((" (float QDQ)", replace(exported.options, integer=False)))
-    for schedules, tuned in (("tvm untuned", False), ("tvm tuned", True)):
+    for schedules, tuned in (("tvm untuned", False), ("tvm tuned", True))[0 if untuned else 1:]:
         for suffix, options in variants:
             artifact = _artifact(exported, profile, ws, tuned, options)
             if artifact is None:
@@ -145,7 +146,7 @@ def time_interleaved(series: list[_Series], progress: bool = True) -> tuple[list
     rounds = max(one.spec.repeats for one in series)
     samples: list[list[float]] = [[] for _ in series]
     with watch() as load:
-        for _ in tqdm(range(rounds), desc="bench", unit="round", disable=None if progress else True, leave=False):
+        for _ in progress_over(range(rounds), "bench", "round", enabled=progress, leave=False):
             for one, taken in zip(series, samples, strict=True):
                 if len(taken) < one.spec.repeats:
                     taken.append(one.sample())
@@ -226,13 +227,14 @@ def _layer_kinds(tuned: list[tuple[Runners, Artifact]], threads: int | None) -> 
 
 
 def bench(recipes: list[Recipe], profile: DeviceProfile, *, repeats: int = 30, workspace: Workspace | None = None,
-          progress: bool = True) -> BenchResult:
+          progress: bool = True, untuned: bool = True) -> BenchResult:
     """Bench every recipe in one process, their series interleaved; the rows are also written as a CSV under
-    `results/bench/`."""
+    `results/bench/`. Without `untuned` no untuned TVM series is built or timed (for a large model it takes
+    seconds an inference, most of a bench's time)."""
     ws = workspace or Workspace()
     run_id = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     conditions = Conditions.now(run_id)
-    prepared = [runners(recipe, profile, workspace=ws, progress=progress) for recipe in recipes]
+    prepared = [runners(recipe, profile, workspace=ws, progress=progress, untuned=untuned) for recipe in recipes]
     series = [_Series(p, name, replace(p.recipe.measure, repeats=repeats)) for p in prepared for name in p.calls]
     log.info("timing %d series of %d recipes interleaved, %d rounds", len(series), len(recipes), repeats)
     stats, load = time_interleaved(series, progress)

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from harness.data import make_loader
 from harness.errors import HarnessError
 from harness.noise import spread
+from harness.progress import progress_over
 from harness.specs import MeasureSpec
 
 
@@ -138,8 +138,7 @@ def accuracy(executor: Executor, dataset: Dataset, batch: int, num_classes: int,
              progress: bool = True, desc: str = "eval") -> Accuracy:
     """Top-1/top-5 of the compiled artifact on `dataset` (last partial batch padded with zeros)."""
     top1 = top5 = total = 0
-    for images, labels in tqdm(make_loader(dataset, batch), desc=desc, unit="batch", disable=None if progress else True,
-                               leave=False):
+    for images, labels in progress_over(make_loader(dataset, batch), desc, "batch", enabled=progress, leave=False):
         x = images.numpy()
         n = len(x)
         if n < batch:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from harness.build import trained_base
 from harness.compress.prune import prune
 from harness.data import load_data
 from harness.models.counting import count_macs
+from harness.progress import progress_over
 from harness.results import write_json
 from harness.specs import PruneSpec, Recipe
 from harness.train import torch_top1
@@ -39,7 +39,7 @@ def analyze(model: nn.Module, evaluate: Callable[[nn.Module], float], resolution
     base = evaluate(model)
     rows = [{"layer": "(none)", "ratio": 0.0, "top1": base, "drop": 0.0, "macs": count_macs(model, resolution)}]
     layers = list(layers or prunable_layers(model))
-    for layer in tqdm(layers, desc="sensitivity", unit="layer", disable=None if progress else True):
+    for layer in progress_over(layers, "sensitivity", "layer", enabled=progress):
         for ratio in ratios:
             pruned = copy.deepcopy(model)
             prune(pruned, PruneSpec(ratio=0.0, layer_ratios={layer: ratio}, round_to=None), example)

@@ -66,7 +66,8 @@ def test_the_circle_detector_finds_one() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-LEAVES = {"harness.errors", "harness.limits", "harness.schema", "harness.specs", "harness.specs.steps"}
+LEAVES = {"harness.errors", "harness.limits", "harness.progress", "harness.schema", "harness.specs",
+          "harness.specs.steps"}
 
 
 @pytest.mark.parametrize("leaf", sorted(LEAVES))

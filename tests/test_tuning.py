@@ -243,9 +243,9 @@ def test_progress_shows_the_time_left_of_the_whole_budget_not_of_a_chunk() -> No
     """Each chunk of tasks gets a share of the budget as its deadline; the time shown is the budget's."""
     import time
 
-    from tqdm import tqdm
+    from harness.progress import Progress
 
-    with tqdm(disable=True) as bar:
+    with Progress(None, "tune", "trials", enabled=False) as bar:
         session = tuning._Session(bar, 3, time.monotonic() + 600)
         session.deadline = time.monotonic() + 60
         assert session.status().endswith(("10.0 min left", "9.9 min left"))

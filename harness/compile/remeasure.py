@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
-from tqdm import tqdm
 from tvm.s_tir import Schedule
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import BuilderInput
@@ -25,6 +24,7 @@ from harness.compile.runners import runner_for
 from harness.compile.tuning import WarmBuilder, cross_export
 from harness.device import DeviceProfile
 from harness.errors import HarnessError, last_line
+from harness.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +73,7 @@ def _measure(records: list[ms.database.TuningRecord], target: tvm.target.Target,
     runner = runner_for(profile)
     builder = WarmBuilder(f_export=cross_export(profile.cross_compiler) if profile.cross_compiler else None)
     built, samples, errors = [], {}, []
-    with tqdm(total=len(records) * (1 + ROUNDS), desc="re-measure", unit="step",
-              disable=None if progress else True) as bar:
-        logged, done = time.monotonic(), 0
-
-        def advance(steps: int) -> None:
-            nonlocal logged, done
-            bar.update(steps)
-            done += steps
-            if bar.disable and time.monotonic() - logged > 60:  # no bar (not a terminal): a line a minute
-                logged = time.monotonic()
-                log.info("re-measuring: %d of %d builds and timings", done, bar.total)
-
+    with Progress(len(records) * (1 + ROUNDS), "re-measure", "builds and timings", enabled=progress) as bar:
         try:
             try:
                 for first in range(0, len(records), BATCH):
@@ -96,7 +85,7 @@ def _measure(records: list[ms.database.TuningRecord], target: tvm.target.Target,
                         else:
                             errors.append(f"build: {last_line(result.error_msg)}")
                             failed += 1
-                    advance(len(batch) + failed * ROUNDS)  # a record that did not build is not timed
+                    bar.update(len(batch) + failed * ROUNDS)  # a record that did not build is not timed
             finally:
                 builder.close()
             if not built:
@@ -115,7 +104,7 @@ def _measure(records: list[ms.database.TuningRecord], target: tvm.target.Target,
                         if not samples:
                             raise HarnessError(f"re-measure on {profile.name}: no record ran; the first error: "
                                                f"{errors[0]}")
-                        advance(len(batch))
+                        bar.update(len(batch))
         finally:
             for _, path in built:
                 shutil.rmtree(Path(path).parent, ignore_errors=True)

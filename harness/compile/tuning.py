@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
-from tqdm import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
@@ -25,6 +24,7 @@ from harness.compile.runners import local_runner, runner_for, target_threads
 from harness.compile.search import RedrawingSearch
 from harness.device import DeviceProfile
 from harness.errors import last_line
+from harness.progress import Progress
 from harness.specs import TuningCoverage
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,10 @@ class _Session:
     followed as candidates are built.
     """
 
-    def __init__(self, bar: tqdm, num_tasks: int, budget_end: float | None) -> None:
+    def __init__(self, bar: Progress, num_tasks: int, budget_end: float | None) -> None:
         self.bar, self.num_tasks, self.budget_end = bar, num_tasks, budget_end
         self.deadline: float | None = None  # of the chunk being tuned (its share of the budget)
         self.trials, self.skipped, self.tasks_started, self.best, self.stopped = 0, 0, 0, {}, False
-        self.logged = time.monotonic()
 
     def expired(self) -> bool:
         """The budget is spent (checked once a first batch is built, so that a session always tunes something)."""
@@ -78,11 +77,7 @@ class _Session:
         """Count a batch of built candidates (one task's), and report."""
         self.trials += candidates
         self.tasks_started = min(self.tasks_started + 1, self.num_tasks)
-        self.bar.update(candidates)
-        self.bar.set_postfix_str(self.status())
-        if self.bar.disable and time.monotonic() - self.logged > 60:  # no bar (not a terminal): a line a minute
-            self.logged = time.monotonic()
-            log.info("tuning: %d trials, %s", self.trials, self.status())
+        self.bar.update(candidates, self.status())
 
     def status(self) -> str:
         parts = [f"tasks {self.tasks_started}/{self.num_tasks}"]
@@ -170,7 +165,7 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
             if result.run_secs:
                 secs = sum(float(s) for s in result.run_secs) / len(result.run_secs)
                 session.best[task_id] = min(session.best.get(task_id, float("inf")), secs)
-        session.bar.set_postfix_str(session.status())
+        session.bar.update(0, session.status())
         if session.expired() and not session.stopped:
             session.stopped = True
             for i, task in enumerate(task_scheduler.tasks_):
@@ -265,7 +260,8 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
         per_task = max(8, -(-trials // len(todo)))
         deadline = start + 60 * minutes if minutes else None
         runner = runner_for(profile) if profile is not None else local_runner(target_threads(target))
-        with tqdm(total=trials, desc="tune", unit="trial", disable=None if progress else True) as bar:
+        bounded = deadline is None or trials * SECONDS_PER_TRIAL < 60 * minutes  # else the budget ends it
+        with Progress(trials if bounded else None, "tune", "trials", enabled=progress) as bar:
             session = _Session(bar, len(todo), deadline)
             builder = WarmBuilder(f_export=cross_export(profile.cross_compiler)
                                   if profile is not None and profile.cross_compiler else None, session=session)

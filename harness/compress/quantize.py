@@ -13,13 +13,13 @@ from typing import Literal
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from harness import cache
 from harness.compress.step import StepContext, StepResult
 from harness.data import calibration_batches
 from harness.errors import HarnessError
 from harness.export import OnnxModel
+from harness.progress import Progress
 from harness.schema import content_hash
 from harness.specs import CalibrationMethod, CompileOptions, QuantizeSpec
 
@@ -39,7 +39,7 @@ class _Reader:
     """ONNX Runtime CalibrationDataReader over numpy batches (kept, so that ORT may rewind)."""
 
     def __init__(self, input_name: str, batches: Iterable[np.ndarray], total: int, progress: bool) -> None:
-        bar = tqdm(total=total, desc="calibrate", unit="img", disable=None if progress else True, leave=False)
+        bar = Progress(total, "calibrate", "img", enabled=progress, leave=False)
         self.batches = []
         for batch in batches:
             self.batches.append({input_name: batch.astype(np.float32)})
