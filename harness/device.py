@@ -99,6 +99,12 @@ class DeviceProfile:
             return self.threads
         return None if self.is_remote else physical_cores()
 
+    @property
+    def kernel_threads(self) -> int:
+        """Threads a CPU target's kernels are built (and tuning candidates timed) for: the target's
+        `num-cores`, else `thread_count`, else this host's logical CPUs (a remote board with `threads: auto`)."""
+        return int(self.target.get("num-cores") or 0) or self.thread_count or os.cpu_count() or 1
+
     def with_gpu(self, gpu: int | None) -> DeviceProfile:
         """Override which GPU a CUDA profile runs on (CLI `--gpu`)."""
         if gpu is None:

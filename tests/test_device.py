@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from harness.compile.target import build_target
-from harness.device import DEVICES_DIR, load_device, parse_hostport
+from harness.device import DEVICES_DIR, load_device, parse_hostport, physical_cores
 from harness.errors import HarnessError
 
 SHIPPED = sorted(DEVICES_DIR.glob("*.yaml"))
@@ -60,3 +60,16 @@ def test_bad_profile_keys(tmp_path: Path) -> None:
     path.write_text("name: board\ntarget: {mcpu: x}\n")
     with pytest.raises(HarnessError, match="target needs a 'kind'"):
         load_device(str(path))
+
+
+def test_kernels_are_built_for_the_targets_num_cores_else_the_profiles_threads() -> None:
+    """One rule for the target's `num-cores` and the threads tuning candidates are timed on."""
+    from dataclasses import replace
+
+    from harness.compile.target import target_spec
+
+    x86 = load_device("x86")
+    assert x86.kernel_threads == 2 and target_spec(x86)["num-cores"] == 2
+    four = replace(x86, target={**x86.target, "num-cores": 4})
+    assert four.kernel_threads == 4 and target_spec(four)["num-cores"] == 4
+    assert replace(x86, threads="auto").kernel_threads == physical_cores()

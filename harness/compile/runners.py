@@ -30,10 +30,10 @@ def target_threads(target: tvm.target.Target) -> int:
 
 def runner_for(profile: DeviceProfile) -> ms.runner.Runner:
     """Measure candidates locally or on the profile's board over TVM RPC (through its tracker), on the
-    profile's threads (the target's `num-cores`); each candidate's time is the fastest of
+    threads its kernels are built for (`DeviceProfile.kernel_threads`); each candidate's time is the fastest of
     `candidate_timing.REPEAT` timings."""
     if not profile.is_remote:
-        return local_runner(profile.thread_count or os.cpu_count() or 1)
+        return local_runner(profile.kernel_threads)
     remote = profile.remote
     if remote.tracker is None:
         raise HarnessError(f"device {profile.name}: tuning over RPC needs a tracker (--tracker HOST:PORT)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
 from collections.abc import Collection
 from typing import Any
@@ -78,8 +77,8 @@ def resolve_target_dict(spec: dict[str, Any], flags: Collection[str] | None = No
 def target_spec(profile: DeviceProfile, flags: Collection[str] | None = None) -> dict[str, Any]:
     """The resolved target dict of `profile`: CPU targets get `num-cores` from the profile's threads."""
     spec = resolve_target_dict(profile.target, flags)
-    if spec.get("kind") == "llvm" and "num-cores" not in spec:
-        spec["num-cores"] = profile.thread_count or os.cpu_count() or 1
+    if spec.get("kind") == "llvm":
+        spec["num-cores"] = profile.kernel_threads
     if profile.host_target is not None:
         spec["host"] = resolve_target_dict(profile.host_target, flags)
     return spec
