@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("recipe", nargs="+", help="recipe file(s) or name(s), e.g. v1_fp32 v2_fp32")
     _add_device_arg(bench, help="a local device profile (default: x86)", remote=False)
     bench.add_argument("--repeats", type=flag("repeats"), default=30, help="timed repeats per runtime (default 30)")
+    bench.add_argument("--no-untuned", dest="untuned", action="store_false",
+                       help="leave out TVM without tuning (seconds an inference for VGG-16 or ResNet-50)")
     _add_results_arg(bench)
     bench.set_defaults(func=commands.bench)
 
@@ -200,6 +203,10 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+# A full disk, a quota, a read-only or forbidden folder: the host's state, which the user can fix
+_HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m harness`; returns the exit code."""
     try:
@@ -218,3 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the output was piped into a reader that stopped (`| head`): end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        if exc.errno not in _HOST_ERRNOS:
+            raise
+        # Caches and results are written beside their place and renamed into it: nothing finished is damaged
+        print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''} (nothing already written "
+              "was changed; fix it and run again)", file=sys.stderr)
+        return 2

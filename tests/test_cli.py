@@ -1,6 +1,8 @@
 """The CLI as users run it: `python -m harness ...` in a subprocess."""
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -71,3 +73,22 @@ def test_user_errors_are_one_line_exit_2(args: list[str], message: str, write_re
         out.stderr.strip().startswith(message.replace("{recipe}", str(recipe)))
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert (results / "results.csv").read_text() == "run_id\nkept\n"
+
+
+@pytest.mark.parametrize(("code", "message"), [(errno.ENOSPC, "No space left on device"),
+                                               (errno.EACCES, "Permission denied")])
+def test_a_full_disk_or_a_forbidden_folder_is_a_one_line_error(code: int, message: str, monkeypatch, capsys) -> None:
+    """The host's state, not a bug: one line naming it and the file, exit 2 (a disk filled up during a stop 32
+    tune showed ONNX's traceback)."""
+    from harness import cli, commands
+
+    def fail(args) -> int:  # noqa: ANN001
+        raise OSError(code, os.strerror(code), "/results/runs/x/model.onnx")
+
+    monkeypatch.setattr(commands, "devices", fail)
+    assert cli.main(["devices"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}: /results/runs/x/model.onnx") and err.count("\n") == 1
+    monkeypatch.setattr(commands, "devices", lambda args: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OSError):  # any other OSError is a bug to report, with its traceback
+        cli.main(["devices"])
