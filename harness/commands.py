@@ -115,7 +115,7 @@ def bench(args: argparse.Namespace) -> int:
     from harness.results import format_rows
 
     result = bench([load_recipe(r) for r in args.recipe], _profile(args), repeats=args.repeats,
-                   workspace=_workspace(args), progress=not args.quiet)
+                   workspace=_workspace(args), progress=not args.quiet, untuned=args.untuned)
     print(format_rows(result.rows, ["recipe", "dtype", "runtime", "latency_ms_median", "latency_ms_min",
                                     "latency_cv", "vs_ort", "vs_fp32", "tuned_kernels"]))
     for pair, kinds in result.layer_kinds.items():

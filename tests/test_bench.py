@@ -5,8 +5,9 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, run_cli
 
 from harness.bench import Runners, _Series, bench, time_interleaved, with_fp32_ratios
 from harness.device import load_device
@@ -86,3 +87,13 @@ def test_bench_gives_every_runtime_a_row_with_its_ratio_to_onnx_runtime(tmp_path
     assert list(kinds.columns) == ["fp32", "int8", "ratio", "ORT int8", "int8/ORT int8"]
     assert (kinds.loc["total", ["fp32", "int8", "ORT int8"]] > 0).all()
     assert kinds.loc["1x1 convolution", "ORT int8"] > 0
+
+
+def test_bench_can_leave_out_untuned_tvm(write_recipe, tmp_path: Path) -> None:
+    """`bench --no-untuned` builds and times every runtime but untuned TVM (seconds an inference on VGG-16)."""
+    out = run_cli("bench", str(write_recipe(TINY_RECIPE)), "--no-untuned", "--repeats", "2",
+                  "--results", str(tmp_path / "results"))
+    assert out.returncode == 0, out.stderr
+    (csv,) = (tmp_path / "results" / "bench").glob("*.csv")
+    assert set(pd.read_csv(csv)["runtime"]) == {"tvm tuned", "onnxruntime", "pytorch"}
+    assert "tvm untuned" not in out.stdout
