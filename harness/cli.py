@@ -203,6 +203,12 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+def _one_line(text: str) -> str:
+    """`text` with every unprintable character escaped: a recipe key such as "\\x1e" would otherwise break the one
+    line an error is (Python's `splitlines` breaks at it, as terminals may)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 # A full disk, a quota, a read-only or forbidden folder: the host's state, which the user can fix
 _HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -217,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except HarnessError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -229,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.errno not in _HOST_ERRNOS:
             raise
         # Caches and results are written beside their place and renamed into it: nothing finished is damaged
-        print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''} (nothing already written "
-              "was changed; fix it and run again)", file=sys.stderr)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {_one_line(f'{exc.strerror or exc}{where}')} (nothing already written was changed; fix it "
+              "and run again)", file=sys.stderr)
         return 2
