@@ -49,11 +49,9 @@ class Progress:
         self.close()
 
 
-def progress_over(items: Iterable[T], desc: str, unit: str, *, total: int | None = None, enabled: bool = True,
-                  leave: bool = True) -> Iterator[T]:
-    """`items`, counting each as one step of a `Progress`."""
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
+def progress_over(items: Iterable[T], desc: str, unit: str, *, enabled: bool = True, leave: bool = True) -> Iterator[T]:
+    """`items`, counting each as one step of a `Progress` (whose total is their number, where they have one)."""
+    total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
     with Progress(total, desc, unit, enabled=enabled, leave=leave) as bar:
         for item in items:
             yield item

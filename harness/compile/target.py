@@ -75,7 +75,7 @@ def resolve_target_dict(spec: dict[str, Any], flags: Collection[str] | None = No
 
 
 def target_spec(profile: DeviceProfile, flags: Collection[str] | None = None) -> dict[str, Any]:
-    """The resolved target dict of `profile`: CPU targets get `num-cores` from the profile's threads."""
+    """The resolved target dict of `profile`: CPU targets get `num-cores` = `profile.kernel_threads`."""
     spec = resolve_target_dict(profile.target, flags)
     if spec.get("kind") == "llvm":
         spec["num-cores"] = profile.kernel_threads
