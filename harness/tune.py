@@ -5,6 +5,7 @@ databases."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import tvm
@@ -74,16 +75,19 @@ def structural_exports(variants: list[Recipe], ws: Workspace, progress: bool = T
 
 
 def tune_exports(exports: list[Exported], profile: DeviceProfile, ws: Workspace, *, trials: int,
-                 minutes: float | None = None, progress: bool = True, refine: bool = False) -> tuning.TuneReport:
+                 minutes: float | None = None, progress: bool = True,
+                 refine: Sequence[Exported] = ()) -> tuning.TuneReport:
     """Tune the kernels of `exports` (as compiled for `profile`) into the device's database, together.
 
-    Kernels shared between variants are tuned once; kernels already in the database are skipped (unless
-    `refine`).
+    Kernels shared between variants are tuned once; kernels already in the database are skipped, but for
+    those of the exports in `refine` (some of `exports`), which are tuned again from their best schedules.
     """
     db = tuning_database(profile, ws)
     log.info("tuning %d model(s) for %s into %s", len(exports), profile.name, db)
-    return tuning.tune(tuning_modules(exports, profile), build_target(profile), db, trials=trials,
-                       minutes=minutes, profile=profile, progress=progress, refine=refine)
+    mods = tuning_modules(exports, profile)
+    again = [mod for export, mod in zip(exports, mods, strict=True) if any(export is r for r in refine)]
+    return tuning.tune(mods, build_target(profile), db, trials=trials, minutes=minutes, profile=profile,
+                       progress=progress, refine=again)
 
 
 def remeasure_database(profile: DeviceProfile, ws: Workspace, progress: bool = True) -> remeasure.RemeasureReport:
@@ -102,9 +106,14 @@ def with_references(recipes: list[Recipe]) -> list[Recipe]:
 
 def tune_recipes(recipes: list[Recipe], profile: DeviceProfile, ws: Workspace, *, trials: int,
                  minutes: float | None = None, progress: bool = True, refine: bool = False) -> tuning.TuneReport:
-    """Tune `recipes` and their references (untrained: only their kernels matter)."""
-    return tune_exports(structural_exports(with_references(recipes), ws, progress), profile, ws, trials=trials,
-                        minutes=minutes, progress=progress, refine=refine)
+    """Tune `recipes` and their references (untrained: only their kernels matter). With `refine`, the kernels
+    of `recipes` are tuned again too; their references' only where they have no schedule (a refine spends its
+    budget on the recipes named)."""
+    variants = with_references(recipes)
+    exports = structural_exports(variants, ws, progress)
+    named = {r.key() for r in recipes}
+    again = [e for v, e in zip(variants, exports, strict=True) if refine and v.key() in named]
+    return tune_exports(exports, profile, ws, trials=trials, minutes=minutes, progress=progress, refine=again)
 
 
 def refresh_shipped(profile: DeviceProfile, ws: Workspace, *, trials: int, minutes: float | None,
@@ -115,7 +124,7 @@ def refresh_shipped(profile: DeviceProfile, ws: Workspace, *, trials: int, minut
     """
     exports = structural_exports(with_references([load_recipe(n) for n in available_recipes()]), ws, progress)
     report = tune_exports(exports, profile, ws, trials=trials, minutes=minutes, progress=progress,
-                          refine=refine) if trials > 0 else None
+                          refine=exports if refine else ()) if trials > 0 else None
     tasks = extract_tasks(tuning_modules(exports, profile), build_target(profile))
     shipped = database.SHIPPED_DIR / target_key(target_spec(profile))
     size = database.pack(tuning_database(profile, ws), shipped, [t.dispatched[0] for t in tasks])

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 import tvm
-from conftest import TINY_RECIPE, fresh_tune_trials, run_cli
+import tvm_ffi
+from conftest import TINY_RECIPE, fresh_tune_trials, postprocessed_spaces, run_cli
 
 from harness.compile import database, import_onnx, kernels, prepare_module, runners, search, tuning
 from harness.compile.target import build_target, target_key, target_spec
@@ -346,3 +347,92 @@ def test_candidates_on_a_board_are_timed_on_the_profiles_threads(monkeypatch) ->
             assert session.get_function("runtime.NumThreads")() == threads
     finally:
         server.terminate()
+
+
+def test_a_refine_retunes_the_named_recipes_kernels_not_their_references(tmp_path: Path, monkeypatch) -> None:
+    """`tune RECIPE --refine` spends its budget on RECIPE's kernels; its reference's are tuned only where they
+    have no schedule (here all have one: the first design space of each, committed by the test untimed)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from harness.tune import structural_exports, tune_recipes, tuning_database, tuning_modules, with_references
+    from harness.workspace import Workspace
+
+    recipe = recipe_from_dict({**TINY_RECIPE, "steps": [{"width": 0.5}]}, "t", "tiny_half")
+    ws, profile = Workspace(root=tmp_path), load_device("x86")
+    target = build_target(profile)
+    exports = structural_exports(with_references([recipe]), ws, progress=False)
+    reference_mod, recipe_mod = tuning_modules(exports, profile)  # the reference comes first
+    db = database.open_database(tuning_database(profile, ws))
+    for task in kernels.extract_tasks([reference_mod, recipe_mod], target):
+        space = next(postprocessed_spaces(task.dispatched[0], target))
+        db.commit_tuning_record(ms.database.TuningRecord(space.trace, db.commit_workload(task.dispatched[0]),
+                                                         [1e-3], target))
+    chosen: list = []
+    monkeypatch.setattr(tuning, "_tune_chunk", lambda tasks, *args: chosen.extend(tasks))
+    report = tune_recipes([recipe], profile, ws, trials=100, progress=False, refine=True)
+    named = {kernels.workload_hash(t) for t in kernels.extract_tasks([recipe_mod], target)}
+    reference = {kernels.workload_hash(t) for t in kernels.extract_tasks([reference_mod], target)}
+    assert reference - named, "the test needs kernels only the reference has"
+    assert {kernels.workload_hash(t) for t in chosen} == named
+    assert report.tasks_tuned_before == report.tasks == len(named | reference)
+    chosen.clear()
+    tune_recipes([recipe], profile, ws, trials=100, progress=False)  # without --refine: nothing to do
+    assert not chosen
+
+
+def _pooled(path: Path, *layers: torch.nn.Module) -> tvm.IRModule:
+    model = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    return import_onnx(export_onnx(model, path, resolution=16))
+
+
+@pytest.fixture(scope="module")
+def same_kernel_other_names(tmp_path_factory) -> tuple[tvm.IRModule, tvm.IRModule, dict]:
+    """Two models whose global-average-pool kernels are structurally equal but name their blocks differently
+    (after one layer or after three), and the first model's kernels by workload hash."""
+    tmp = tmp_path_factory.mktemp("names")
+    first = _pooled(tmp / "a.onnx", torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    second = _pooled(tmp / "b.onnx", torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1),
+                     torch.nn.ReLU())
+    target = build_target(load_device("x86"))
+    stored = {kernels.workload_hash(t): t for t in kernels.extract_tasks([first], target)}
+    renamed = [t for t in kernels.extract_tasks([second], target) if kernels.workload_hash(t) in stored and
+               t.dispatched[0].script() != stored[kernels.workload_hash(t)].dispatched[0].script()]
+    assert renamed, "the test needs a kernel both models share under other block names"
+    return first, second, stored
+
+
+def _commit_first_spaces(db_path: Path, tasks, target) -> None:  # noqa: ANN001
+    from tvm.s_tir import meta_schedule as ms
+
+    db = database.open_database(db_path)
+    for task in tasks:
+        space = next(postprocessed_spaces(task.dispatched[0], target))
+        db.commit_tuning_record(ms.database.TuningRecord(space.trace, db.commit_workload(task.dispatched[0]),
+                                                         [1e-3], target))
+
+
+def test_a_kernel_another_model_stored_is_tuned_on_the_stored_copy(same_kernel_other_names, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """A trace recorded on other block names does not replay on the stored kernel, and such records made a
+    whole database unreadable (a refine of the int8 baselines): tuning takes the database's copy."""
+    first, second, stored = same_kernel_other_names
+    target = build_target(load_device("x86"))
+    _commit_first_spaces(tmp_path / "db", stored.values(), target)
+    chosen: list = []
+    monkeypatch.setattr(tuning, "_tune_chunk", lambda tasks, *args: chosen.extend(tasks))
+    tuning.tune([second], target, tmp_path / "db", trials=100, refine=[second], progress=False)
+    shared = [t for t in chosen if kernels.workload_hash(t) in stored]
+    assert shared and all(t.dispatched[0].script() == stored[kernels.workload_hash(t)].dispatched[0].script()
+                          for t in shared)
+
+
+@pytest.mark.slow  # ~2 min: real tuning of two 3-kernel models
+def test_refining_a_kernel_another_model_stored_leaves_a_readable_database(same_kernel_other_names,
+                                                                          tmp_path: Path) -> None:
+    first, second, stored = same_kernel_other_names
+    target = build_target(load_device("x86"))
+    tuning.tune([first], target, tmp_path / "db", trials=24, progress=False)
+    tuning.tune([second], target, tmp_path / "db", trials=48, refine=[second], progress=False)
+    records = database.open_database(tmp_path / "db").get_all_tuning_records()  # every record replays
+    assert {tvm_ffi.structural_hash(r.workload.mod) for r in records} >= set(stored)
+    kernels.compile_with_database(second, target, tmp_path / "db")

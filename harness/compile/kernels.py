@@ -37,12 +37,17 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return tvm.transform.Sequential(seq)(mod)
 
 
+def workload_hash(task: ms.ExtractedTask) -> int:
+    """What identifies a kernel across models: the structural hash of its TIR workload."""
+    return tvm_ffi.structural_hash(task.dispatched[0])
+
+
 def extract_tasks(mods: Sequence[tvm.IRModule], target: tvm.target.Target) -> list[ms.ExtractedTask]:
     """The unique fused TIR kernels of `mods`, identical workloads merged (their weights summed)."""
     merged: dict[int, tuple[ms.ExtractedTask, int]] = {}
     for mod in mods:
         for task in ms.relax_integration.extract_tasks(fuse(mod, target), target):
-            key = tvm_ffi.structural_hash(task.dispatched[0])
+            key = workload_hash(task)
             first, weight = merged.get(key, (task, 0))
             merged[key] = (first, weight + int(task.weight))
     return [task if task.weight == weight else

@@ -19,7 +19,7 @@ from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 from harness import cache
 from harness.compile.database import compact, database_fingerprint, open_database
 from harness.compile.intrinsics import design_space
-from harness.compile.kernels import coverage, extract_tasks, is_tuned
+from harness.compile.kernels import coverage, extract_tasks, is_tuned, workload_hash
 from harness.compile.runners import local_runner, runner_for, target_threads
 from harness.compile.search import RedrawingSearch
 from harness.device import DeviceProfile
@@ -236,25 +236,41 @@ def _tune_chunk(tasks: list[ms.ExtractedTask], db: ms.database.Database, work_di
             _tune_chunk([task], db, work_dir, session, builder, runner, per_task, per_task)
 
 
+def as_stored(task: ms.ExtractedTask, db: ms.database.Database) -> ms.ExtractedTask:
+    """`task` on the database's own copy of its kernel, where it has one.
+
+    A structurally equal kernel of another model may name its blocks differently (`lv168_red` for `lv95_red`).
+    MetaSchedule files a new record under the stored copy, and a trace recorded on the other names does not
+    replay there: such records made a whole database unreadable (seen after a refine of int8 baselines).
+    """
+    if not db.has_workload(task.dispatched[0]):
+        return task
+    stored = db.commit_workload(task.dispatched[0]).mod
+    return ms.ExtractedTask(task.task_name, stored, task.target, [stored], task.weight)
+
+
 def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path, *, trials: int,
          minutes: float | None = None, profile: DeviceProfile | None = None, progress: bool = True,
-         refine: bool = False) -> TuneReport:
+         refine: Sequence[tvm.IRModule] = ()) -> TuneReport:
     """Tune the kernels of `mods` that the database lacks: up to `trials` measurements, or `minutes`.
 
-    Tasks already tuned for this target are skipped, so re-tuning covered modules spends nothing; with
-    `refine` they are tuned again too (the search starts from the best schedules in the database).
+    Tasks already tuned for this target are skipped, so re-tuning covered modules spends nothing; the tasks of
+    the modules in `refine` (some of `mods`) are tuned again too (the search starts from the best schedules in
+    the database).
     Each task gets an equal share of the trials; the gradient scheduler spends them where latency falls most.
     Tasks are tuned in chunks of `CHUNK`, each given its share of the time left, so that a time budget ends
     the session on time and the records of every finished chunk are kept.
     """
     start = time.monotonic()
-    tasks = extract_tasks(mods, target)
     db = open_database(db_path)
+    tasks = [as_stored(t, db) for t in extract_tasks(mods, target)]
     tuned = [is_tuned(db, t, target) for t in tasks]
-    todo = [t for t, done in zip(tasks, tuned, strict=True) if refine or not done]
+    again = {workload_hash(t) for t in extract_tasks(refine, target)} if refine else set()
+    todo = [t for t, done in zip(tasks, tuned, strict=True) if not done or workload_hash(t) in again]
     tuned_before = sum(tuned)
+    refined = len(todo) - (len(tasks) - tuned_before)
     log.info("%d tuning tasks, %d already tuned for this target%s", len(tasks), tuned_before,
-             " (refining them)" if refine and tuned_before else "")
+             f" ({refined} of them refined)" if refined else "")
     measured, stopped = 0, False
     if todo and trials > 0:
         per_task = max(8, -(-trials // len(todo)))
