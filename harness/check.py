@@ -50,8 +50,11 @@ class CheckRow:
 
 
 def exit_code(rows: list[CheckRow]) -> int:
-    """1 when anything regressed, else 3 when anything was inconclusive, else 0."""
+    """1 when anything regressed, else 3 when anything was inconclusive or nothing got a verdict (no row, or
+    every row skipped: a gate that compared nothing has not passed), else 0."""
     verdicts = {r.verdict for r in rows}
+    if not verdicts - {"skipped"}:
+        return EXIT[Verdict.INCONCLUSIVE]
     return next((code for verdict, code in EXIT.items() if verdict in verdicts), 0)
 
 
@@ -140,18 +143,21 @@ def _runner(lib: Path, shape: tuple[int, ...], dtype: str, threads: int | None):
     return LocalExecutor(lib, threads).bind(batch)
 
 
-def ab_check(base: ArtifactSet, new: ArtifactSet, *, rounds: int = 30, threshold: float = 0.05,
-             alpha: float = 0.01, retries: int = 2, progress: bool = True) -> list[CheckRow]:
-    """Time every recipe of `new` against the same recipe of `base` in this process, interleaved; a noisy
-    comparison is measured again up to `retries` times before it is called inconclusive."""
-    missing = sorted(set(new.artifacts) - set(base.artifacts))
-    if missing:
-        raise HarnessError(f"the base builds ({base.root}) have no {', '.join(missing)}")
+def ab_check(base: ArtifactSet, new: ArtifactSet, names: list[str] | None = None, *, rounds: int = 30,
+             threshold: float = 0.05, alpha: float = 0.01, retries: int = 2, progress: bool = True) -> list[CheckRow]:
+    """Time the recipes `names` (default: every recipe of `new`) of `new` against the same recipes of `base` in
+    this process, interleaved; a noisy comparison is measured again up to `retries` times before it is called
+    inconclusive."""
+    names = list(new.artifacts) if names is None else names
+    for builds in (new, base):
+        missing = [n for n in names if n not in builds.artifacts]
+        if missing:
+            which = "new" if builds is new else "base"
+            raise HarnessError(f"the {which} builds ({builds.root}) have no {', '.join(missing)} (they have: "
+                               f"{', '.join(builds.artifacts) or 'nothing'})")
     rows = []
-    for name, b in base.artifacts.items():
-        if name not in new.artifacts:
-            continue
-        n = new.artifacts[name]
+    for name in names:
+        b, n = base.artifacts[name], new.artifacts[name]
         skip = "targets differ" if b.target != n.target else "input shapes differ" \
             if b.input_shape != n.input_shape else "thread counts differ" if base.threads != new.threads else None
         if skip:
@@ -269,7 +275,7 @@ def summary(rows: list[CheckRow]) -> str:
     code = exit_code(rows)
     counts = pd.Series([str(r.verdict) for r in rows]).value_counts().to_dict() if rows else {}
     word = {0: "passed", 1: "REGRESSION", 3: "inconclusive"}[code]
-    return f"harness check {word}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+    return f"harness check {word}: " + (", ".join(f"{n} {v}" for v, n in counts.items()) or "nothing compared")
 
 
 def write_outputs(rows: list[CheckRow], out: Path, context: dict[str, object]) -> tuple[Path, Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import logging
 import os
 import sys
@@ -14,8 +15,8 @@ from typing import NoReturn
 from harness import commands
 from harness.errors import HarnessError
 from harness.limits import flag
+from harness.specs import SWEEP_DTYPES as DTYPES
 
-DTYPES = ("fp32", "fp16", "int8")
 FORMATS = ("text", "md", "csv", "json", "html")  # harness compare --format
 
 log = logging.getLogger("harness")
@@ -64,9 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # -q/-v also after the command (`harness run v1_fp32 -q`); there they only set what is given
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = functools.partial(subparsers.add_parser, parents=[common])
 
-    run = sub.add_parser("run", help="run a recipe on a device and append its rows to the results table")
+    run = sub("run", help="run a recipe on a device and append its rows to the results table")
     run.add_argument("recipe", help="recipe file (or shipped recipe name, e.g. v1_fp32)")
     run.add_argument("--tune-minutes", type=flag("minutes"), metavar="N",
                      help="first tune the kernels the device's database lacks, for at most N minutes")
@@ -76,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_args(run)
     run.set_defaults(func=commands.run)
 
-    sweep = sub.add_parser("sweep", help="run a grid of α × ρ × dtype variants of a recipe against its reference")
+    sweep = sub("sweep", help="run a grid of α × ρ × dtype variants of a recipe against its reference")
     sweep.add_argument("recipe", help="recipe file or name; its `sweep:` mapping is the default grid")
     sweep.add_argument("--width", type=flag("width", many=True), help="α values, e.g. 1,0.75,0.5,0.25")
     sweep.add_argument("--resolution", type=flag("resolution", many=True), help="input sizes, e.g. 224,160,128")
@@ -84,16 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_args(sweep)
     sweep.set_defaults(func=commands.sweep)
 
-    tune = sub.add_parser("tune", help="tune a recipe's kernels with MetaSchedule into the device's database")
+    tune = sub("tune", help="tune a recipe's kernels with MetaSchedule into the device's database")
     tune.add_argument("recipe", nargs="*", help="recipe file(s) or name(s); their references are tuned too")
     tune.add_argument("--shipped", action="store_true",
                       help="tune every shipped recipe, then write the database shipped for this target "
                            "(harness/tuning_db/<target key>/; --trials 0: write it only)")
     tune.add_argument("--trials", type=flag("trials"), default=1000, help="measured candidates in all (default 1000)")
     tune.add_argument("--minutes", type=flag("minutes"),
-                      help="time budget; stops at whichever of trials/minutes comes first")
+                      help="time budget (default none); stops at whichever of trials/minutes comes first")
     tune.add_argument("--refine", action="store_true",
-                      help="tune kernels that already have schedules too (continuing from the best ones)")
+                      help="tune the named recipes' kernels again too, continuing from their best schedules "
+                           "(their references only where they have none; with --shipped, every kernel)")
     tune.add_argument("--remeasure", action="store_true",
                       help="first time every record of the device's database again here, on the profile's threads "
                            "(or on its board), keeping the new times; alone, does only that")
@@ -101,24 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_results_arg(tune)
     tune.set_defaults(func=commands.tune)
 
-    bench = sub.add_parser("bench", help="latency of TVM untuned/tuned, ONNX Runtime and PyTorch, ratios to ORT")
+    bench = sub("bench", help="latency of TVM untuned/tuned, ONNX Runtime and PyTorch, ratios to ORT")
     bench.add_argument("recipe", nargs="+", help="recipe file(s) or name(s), e.g. v1_fp32 v2_fp32")
     _add_device_arg(bench, help="a local device profile (default: x86)", remote=False)
-    bench.add_argument("--repeats", type=flag("repeats"), default=30, help="timed repeats per runtime (default 30)")
+    bench.add_argument("--repeats", type=flag("repeats"), default=30,
+                       help="interleaved rounds: each times every runtime once (default 30)")
     bench.add_argument("--no-untuned", dest="untuned", action="store_false",
                        help="leave out TVM without tuning (seconds an inference for VGG-16 or ResNet-50)")
     _add_results_arg(bench)
     bench.set_defaults(func=commands.bench)
 
-    build = sub.add_parser("build", help="compile recipes (untrained) for a device and save them with a manifest")
+    build = sub("build", help="compile recipes (untrained) for a device and save them with a manifest")
     build.add_argument("recipe", nargs="+", help="recipe file(s) or name(s)")
     build.add_argument("--out", required=True, metavar="DIR", help="folder of the saved set (new, or a saved set)")
     _add_device_arg(build, help="a local CPU device profile (default: x86)", remote=False)
     _add_results_arg(build)
     build.set_defaults(func=commands.build)
 
-    check = sub.add_parser("check", help="latency regression gate: same-run A/B against a revision, or a stored "
-                                         "baseline; exit 0 pass, 1 regression, 3 inconclusive, 2 usage error")
+    check = sub("check", help="latency regression gate: same-run A/B against a revision, or a stored "
+                              "baseline; exit 0 pass, 1 regression, 3 inconclusive (or nothing compared), 2 usage "
+                              "error")
     check.add_argument("recipe", nargs="*", help="recipe file(s) or name(s)")
     mode = check.add_argument_group("mode (exactly one)")
     mode.add_argument("--base", metavar="REV|DIR", help="same-run A/B against a git revision (built in a worktree) "
@@ -141,17 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_results_arg(check)
     check.set_defaults(func=commands.check)
 
-    comp = sub.add_parser("compare", help="every variant beside its baselines: Δtop-1, size, MACs, latency, "
-                                          "speed-up, Pareto front")
+    comp = sub("compare", help="every variant beside its baselines: Δtop-1, size, MACs, latency, speed-up, "
+                               "Pareto front")
     comp.add_argument("--device", help="only rows of this device (default: every device, each compared apart)")
     comp.add_argument("--baseline", default="v1_fp32", help="recipe that Δtop-1 and speed-up refer to "
                                                             "(default v1_fp32)")
-    comp.add_argument("--format", choices=FORMATS, default="text")
+    comp.add_argument("--format", choices=FORMATS, default="text", help="output format (default text)")
     _add_results_arg(comp)
     comp.set_defaults(func=commands.compare)
 
-    rep = sub.add_parser("report", help="an HTML page (plots embedded) and Markdown of the results")
-    rep.add_argument("--device", help="only rows of this device")
+    rep = sub("report", help="an HTML page (plots embedded) and Markdown of the results")
+    rep.add_argument("--device", help="only rows of this device (default: every device)")
     rep.add_argument("--baseline", default="v1_fp32", help="recipe compared against (default v1_fp32)")
     rep.add_argument("--profile", metavar="RECIPE", help="recipe whose per-kernel latency is shown "
                                                          "(default: the baseline)")
@@ -159,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_results_arg(rep)
     rep.set_defaults(func=commands.report)
 
-    emu = sub.add_parser("emulator", help="emulated aarch64 boards (qemu-user) serving TVM RPC on a local tracker")
+    emu = sub("emulator", help="emulated aarch64 boards (qemu-user) serving TVM RPC on a local tracker")
     emu.add_argument("action", choices=["setup", "start", "stop", "status"])
     emu.add_argument("device", nargs="?", help="device profile with an emulator section, e.g. rpi4")
     emu.add_argument("--boards", type=flag("count"), default=1, help="boards to start (default 1)")
@@ -167,16 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fault injection for testing: each board dies S seconds into its first session")
     emu.set_defaults(func=commands.emulator)
 
-    sens = sub.add_parser("sensitivity", help="prune one layer at a time at several ratios; table, plot, ratios")
+    sens = sub("sensitivity", help="prune one layer at a time at several ratios; table, plot, ratios")
     sens.add_argument("recipe", help="recipe file or name (its trained base model is analysed)")
     sens.add_argument("--ratios", type=flag("ratio", many=True), default=[0.1, 0.3, 0.5, 0.7],
-                      help="default 0.1,0.3,0.5,0.7")
+                      help="shares of a layer's channels pruned, one evaluation each (default 0.1,0.3,0.5,0.7)")
     sens.add_argument("--max-drop", type=flag("share"), default=0.01,
                       help="top-1 drop allowed per layer (default 0.01)")
     _add_results_arg(sens)
     sens.set_defaults(func=commands.sensitivity)
 
-    ins = sub.add_parser("inspect", help="parameters and multiply-adds of a model at a width and resolution")
+    ins = sub("inspect", help="parameters and multiply-adds of a model at a width and resolution")
     ins.add_argument("model", help="model name (mobilenet_v1, mobilenet_v2, vgg16, resnet18, ... )")
     ins.add_argument("--width", type=flag("width"), default=1.0, help="width multiplier α (default 1.0)")
     ins.add_argument("--resolution", type=flag("resolution"), default=224, help="input size in pixels (default 224)")
@@ -184,11 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(func=commands.inspect)
 
-    dev = sub.add_parser("devices", help="list device profiles (devices/*.yaml) with their TVM targets")
+    dev = sub("devices", help="list device profiles (devices/*.yaml) with their TVM targets")
     dev.add_argument("--json", action="store_true", help="machine-readable output")
     dev.set_defaults(func=commands.devices)
 
-    res = sub.add_parser("results", help="show the last rows of the results table")
+    res = sub("results", help="show the last rows of the results table")
     res.add_argument("--last", type=flag("rows"), default=20, help="number of rows (default 20)")
     _add_results_arg(res)
     res.set_defaults(func=commands.results)

@@ -8,36 +8,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from harness.arguments import out_file, out_folder, results_table
+from harness.arguments import profile as _profile
+from harness.arguments import workspace as _workspace
 from harness.errors import HarnessError
-
-
-def _workspace(args: argparse.Namespace, write: bool = True):  # noqa: ANN202 (harness.workspace.Workspace)
-    """The results folder named by --results (or the default one), checked to be a folder we can write to."""
-    import os
-
-    from harness.workspace import Workspace
-
-    ws = Workspace(Path(args.results)) if args.results else Workspace()
-    if ws.root.exists() and not ws.root.is_dir():
-        raise HarnessError(f"--results {ws.root}: not a folder")
-    if write:
-        try:
-            ws.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise HarnessError(f"--results {ws.root}: cannot create it ({exc.strerror})") from None
-        if not os.access(ws.root, os.W_OK | os.X_OK):
-            raise HarnessError(f"--results {ws.root}: not writable")
-    return ws
-
-
-def _profile(args: argparse.Namespace):  # noqa: ANN202 (harness.device.DeviceProfile)
-    """The device profile named by --device, with --tracker/--rpc (and --gpu) applied where the command has them."""
-    from harness.device import load_device
-
-    profile = load_device(args.device)
-    if hasattr(args, "rpc"):
-        profile = profile.with_remote(tracker=args.tracker, direct=args.rpc)
-    return profile.with_gpu(args.gpu) if getattr(args, "gpu", None) is not None else profile
 
 
 def _print_recorded(rows: list, ws, record: bool) -> None:  # noqa: ANN001
@@ -51,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.results import SUMMARY_COLUMNS, format_rows
 
     recipe = load_recipe(args.recipe).with_eval_samples(args.eval_samples)
-    profile, ws = _profile(args), _workspace(args)
+    profile, ws = _profile(args), _workspace(args, recording=not args.no_record)
     rows = [row for batch in (args.batch or [recipe.measure.batch])
             for row in run_recipe(recipe.with_batch(batch), profile, workspace=ws, progress=not args.quiet,
                                   record=not args.no_record, tune_minutes=args.tune_minutes)]
@@ -69,7 +43,7 @@ def sweep(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe).with_eval_samples(args.eval_samples)
     grid = {k: v for k, v in (("width", args.width), ("resolution", args.resolution), ("dtype", args.dtype)) if v}
-    ws = _workspace(args)
+    ws = _workspace(args, recording=not args.no_record)
     rows = run_variants(expand(recipe, grid or None), recipe.reference(), _profile(args), workspace=ws,
                         progress=not args.quiet, record=not args.no_record)
     print(format_rows(rows))
@@ -130,7 +104,7 @@ def build(args: argparse.Namespace) -> int:
     from harness.artifacts import build_set
     from harness.recipe import load_recipe
 
-    saved = build_set([load_recipe(r) for r in args.recipe], _profile(args), Path(args.out), _workspace(args),
+    saved = build_set([load_recipe(r) for r in args.recipe], _profile(args), out_folder(args.out), _workspace(args),
                       progress=not args.quiet)
     for name, artifact in saved.artifacts.items():
         print(f"{name:<20} {artifact.lib}  ({artifact.tuned_kernels} kernels tuned)")
@@ -146,7 +120,9 @@ def check(args: argparse.Namespace) -> int:
         raise HarnessError("check: give exactly one of --base REV|DIR (same-run A/B), --against FILE (stored "
                            "baseline) or --save FILE")
     ws = _workspace(args)
-    out = Path(args.out) if args.out else ws.root / "check"
+    out = out_folder(args.out) if args.out else ws.root / "check"
+    if args.save:
+        out_file(args.save, "--save")
     if args.new and not args.base:
         raise HarnessError("check: --new DIR goes with --base")
     if args.base:
@@ -179,7 +155,8 @@ def _check_ab(args: argparse.Namespace, ws) -> tuple[list, dict]:  # noqa: ANN00
     if not saved_base:
         base = check.build_at_revision(base, args.recipe or list(new.artifacts), args.device,
                                        ws.root / "check" / "base", args.quiet)
-    rows = check.ab_check(base, new, rounds=args.rounds, threshold=args.threshold, alpha=args.alpha,
+    names = [load_recipe(r).name for r in args.recipe] if args.new and args.recipe else None
+    rows = check.ab_check(base, new, names, rounds=args.rounds, threshold=args.threshold, alpha=args.alpha,
                           retries=args.retries, progress=not args.quiet)
     return rows, {"mode": "same-run A/B", "base": f"{args.base} ({base.git_rev})", "new": new.git_rev,
                   "threads": new.threads, "rounds": args.rounds, "threshold": args.threshold, "alpha": args.alpha,
@@ -210,7 +187,7 @@ def compare(args: argparse.Namespace) -> int:
     from harness.compare import compare_table, render
 
     ws = _workspace(args, write=False)
-    frame = compare_table(_table(ws), device=args.device, baseline=args.baseline)
+    frame = compare_table(results_table(ws), device=args.device, baseline=args.baseline)
     print(render(frame, args.format))
     return 0
 
@@ -219,25 +196,18 @@ def report(args: argparse.Namespace) -> int:
     from harness.report import build_report
 
     ws = _workspace(args)
-    page, md = build_report(_table(ws), Path(args.out) if args.out else ws.root / "report", ws.root / "runs",
-                            device=args.device, baseline=args.baseline, profile=args.profile)
+    out = out_folder(args.out) if args.out else ws.root / "report"
+    page, md = build_report(results_table(ws), out, ws.root / "runs", device=args.device, baseline=args.baseline,
+                            profile=args.profile)
     print(f"wrote {page} and {md}")
     return 0
-
-
-def _table(ws):  # noqa: ANN001, ANN202 (Workspace → DataFrame)
-    """The results table of `ws`, or a one-line error when there is none yet."""
-    from harness.results import load_results
-
-    if not ws.table.is_file():
-        raise HarnessError(f"no results table at {ws.table}: run some recipes first (python -m harness run v1_fp32)")
-    return load_results(ws.table)
 
 
 def emulator(args: argparse.Namespace) -> int:
     from harness import emulator
     from harness.device import load_device
 
+    profile = load_device(args.device) if args.device is not None else None  # an unknown name is an error
     if args.action == "status":
         state, counts = emulator.status()
         if not state.boards:
@@ -250,12 +220,11 @@ def emulator(args: argparse.Namespace) -> int:
             print(f"  key {key}: {count} board(s) registered with the tracker")
         return 0
     if args.action == "stop":
-        stopped = emulator.stop(args.device)
+        stopped = emulator.stop(profile.name if profile else None)
         print(f"stopped {len(stopped)} board(s)" + (f": {', '.join(b.name for b in stopped)}" if stopped else ""))
         return 0
-    if args.device is None:
+    if profile is None:
         raise HarnessError(f"emulator {args.action}: name a device, e.g. `emulator {args.action} rpi4`")
-    profile = load_device(args.device)
     if args.action == "setup":
         print(f"emulated root ready: {emulator.setup(emulator.spec_of(profile))}")
         return 0

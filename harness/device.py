@@ -171,5 +171,7 @@ def load_device(name_or_path: str, devices_dir: Path = DEVICES_DIR) -> DevicePro
     profile = from_dict(DeviceProfile, load_yaml(path), str(path))
     env_host, env_port = os.environ.get("TVM_TRACKER_HOST"), os.environ.get("TVM_TRACKER_PORT")
     if profile.remote is not None and env_host:
-        profile = profile.with_remote(tracker=f"{env_host}:{env_port or 9190}")
+        tracker = f"{env_host}:{env_port or 9190}"
+        parse_hostport(tracker, "TVM_TRACKER_HOST:TVM_TRACKER_PORT")
+        profile = profile.with_remote(tracker=tracker)
     return profile

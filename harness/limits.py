@@ -62,6 +62,7 @@ RANGES: dict[str, Range] = {
     "threshold": Range(0, 10, lo_open=True),  # a relative change, e.g. 0.05 for 5 %
     "rounds": Range(4, 100_000, integer=True),  # interleaved A/B rounds: the U test needs a few samples a side
     "retries": Range(0, 100, integer=True),
+    "seed": Range(0, 2**32 - 1, integer=True),  # what NumPy's and PyTorch's generators take
 }
 
 

@@ -3,13 +3,25 @@ wrong step order are one-line errors naming the file and the key."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
 from harness.schema import convert, from_dict, load_yaml, shown
-from harness.specs import STEP_ALIASES, STEPS, SWEEP_KEYS, ArchitectureStep, Recipe, StepSpec, step_kind
+from harness.specs import (
+    STEP_ALIASES,
+    STEPS,
+    SWEEP_DTYPES,
+    SWEEP_KEYS,
+    ArchitectureStep,
+    Recipe,
+    ResolutionSpec,
+    StepSpec,
+    WidthSpec,
+    step_kind,
+)
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -66,16 +78,35 @@ def recipe_from_dict(data: dict[str, Any], where: str, default_name: str = "reci
     raw_sweep = data.pop("sweep", {}) or {}
     recipe = from_dict(Recipe, data, where)
     sweep = convert(dict[str, list[Any]], raw_sweep, f"{where}.sweep")
-    for key in sweep:
-        if key not in SWEEP_KEYS:
-            raise HarnessError(f"{where}.sweep: unknown key {key!r}; allowed: {', '.join(SWEEP_KEYS)}")
+    check_sweep(sweep, f"{where}.sweep")
     return replace(recipe, steps=steps, sweep=sweep)
 
 
+def check_sweep(sweep: Mapping[str, Sequence[Any]], where: str) -> None:
+    """Every key of a sweep grid is known and every value one its step takes (a recipe's `sweep:` is checked on
+    load, as `run` reads the file too)."""
+    for key, values in sweep.items():
+        if key not in SWEEP_KEYS:
+            raise HarnessError(f"{where}: unknown key {shown(key)}; allowed: {', '.join(SWEEP_KEYS)}")
+        if not values:
+            raise HarnessError(f"{where}.{key}: no values")
+        for i, value in enumerate(values):
+            try:
+                if key == "dtype" and value not in SWEEP_DTYPES:
+                    raise ValueError(f"{shown(value)} is not allowed; expected one of {', '.join(SWEEP_DTYPES)}")
+                if key != "dtype":
+                    {"width": WidthSpec, "resolution": ResolutionSpec}[key](value=value)
+            except ValueError as exc:
+                raise HarnessError(f"{where}.{key}[{i}]: {exc}") from None
+
+
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """Load a recipe file (or a shipped recipe by name, e.g. 'v1_fp32')."""
+    """Load a recipe file (or a shipped recipe by name, e.g. 'v1_fp32'; a file of that name comes first)."""
     path = Path(name_or_path)
-    if not path.exists() and path.suffix == "" and (RECIPES_DIR / f"{path}.yaml").is_file():
+    if not path.is_file() and path.suffix == "" and path.name == str(name_or_path):
+        if not (RECIPES_DIR / f"{path}.yaml").is_file():
+            raise HarnessError(f"{str(name_or_path)!r}: neither a recipe file nor a shipped recipe (shipped: "
+                               f"{', '.join(available_recipes())})")
         path = RECIPES_DIR / f"{path}.yaml"
     return recipe_from_dict(load_yaml(path), str(path), default_name=path.stem)
 

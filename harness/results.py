@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from harness.cache import locked, tmp_path
-from harness.errors import HarnessError
+from harness.errors import HarnessError, last_line
 from harness.specs import TuningCoverage
 from harness.workspace import RESULTS_DIR, package_versions
 
@@ -135,6 +135,8 @@ _SOMETIMES = ("layout", "fp16", "runtime", "vs_fp32")  # columns only some rows 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Row) if f.name not in _SOMETIMES)
 
 
+KEY_COLUMNS = ("run_id", "recipe", "device")  # what every table the harness ever wrote has
+
 SUMMARY_COLUMNS = ("recipe", "model", "width_mult", "resolution", "dtype", "params", "macs", "device", "top1",
                    "acc_delta", "latency_ms_median", "tuned_kernels", "speedup", "torch_latency_ms", "ort_latency_ms",
                    "vs_ort")
@@ -159,9 +161,15 @@ def load_results(path: Path | None = None) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=list(COLUMNS))
     try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"{path}: not a readable results table ({exc}); it was left untouched") from None
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise HarnessError(f"{path}: not a readable results table ({last_line(str(exc))}); it was left untouched"
+                           ) from None
+    missing = [c for c in KEY_COLUMNS if c not in table.columns]
+    if missing:
+        raise HarnessError(f"{path}: not a results table of the harness (no column {', '.join(missing)}); it was "
+                           "left untouched")
+    return table
 
 
 def _cells(row: Row | dict[str, Any]) -> dict[str, Any]:

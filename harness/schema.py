@@ -72,6 +72,8 @@ def _parse_yaml(text: str, where: str) -> Any:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with one-line errors for a missing, oversized, undecodable or invalid file."""
     p = Path(path)
+    if p.is_dir():
+        raise HarnessError(f"{p}: a folder, not a YAML file")
     if not p.is_file():
         raise HarnessError(f"{p}: file not found")
     if p.stat().st_size > MAX_YAML_BYTES:

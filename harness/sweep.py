@@ -8,8 +8,8 @@ from dataclasses import replace
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.recipe import parse_step
-from harness.specs import SWEEP_KEYS, Recipe, ResolutionSpec, WidthSpec, step_kind
+from harness.recipe import check_sweep, parse_step
+from harness.specs import Recipe, ResolutionSpec, WidthSpec, step_kind
 
 
 def _with_point(recipe: Recipe, point: Mapping[str, Any]) -> Recipe:
@@ -37,10 +37,6 @@ def expand(recipe: Recipe, grid: Mapping[str, Sequence[Any]] | None = None) -> l
     grid = dict(grid or recipe.sweep)
     if not grid:
         raise HarnessError(f"recipe {recipe.name}: nothing to sweep (give --width/--resolution/--dtype or `sweep:`)")
-    for key, values in grid.items():
-        if key not in SWEEP_KEYS:
-            raise HarnessError(f"sweep: unknown key {key!r}; allowed: {', '.join(SWEEP_KEYS)}")
-        if not values:
-            raise HarnessError(f"sweep.{key}: no values")
+    check_sweep(grid, "sweep")
     keys = list(grid)
     return [_with_point(recipe, dict(zip(keys, combo, strict=True))) for combo in itertools.product(*grid.values())]

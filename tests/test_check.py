@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from conftest import REPO, TINY_RECIPE, run_cli
 
 from harness.abtest import Samples, Verdict, interleave, judge
-from harness.check import baseline_check, exit_code, load_baseline, save_baseline
+from harness.check import CheckRow, baseline_check, exit_code, load_baseline, save_baseline, summary
 from harness.errors import HarnessError
 from harness.noise import NoiseLog, watch
 from harness.results import Row, format_rows
@@ -205,8 +206,30 @@ def test_check_builds_the_base_revision_in_a_worktree(tiny_sets: tuple[Path, Pat
     (["--against", "/nonexistent/baseline.csv"], "no such file"),
     (["--base", "/tmp", "--new", "/nonexistent"], "not a saved artifact set"),
     (["--threshold", "0", "--base", "HEAD"], "--threshold"),
+    (["v1_fp32", "--save", "/tmp"], "--save /tmp: a folder; give a file name"),  # before anything is measured
+    (["v1_fp32", "--base", "HEAD", "--out", str(REPO / "README.md")], "README.md: a file, not a folder"),
 ])
 def test_check_usage_errors_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     done = run_cli("check", *args, "--results", str(tmp_path))
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
         done.stderr
+
+
+def test_a_check_that_compared_nothing_has_not_passed() -> None:
+    """Every row skipped (a stored baseline from another machine), or none: exit 3, not 0."""
+    skipped = CheckRow(recipe="v1_fp32", device="x86", metric="-", base=None, new=None, ratio=None, p_value=None,
+                       verdict="skipped", reason="conditions differ: threads 4 → 2")
+    assert exit_code([]) == exit_code([skipped]) == 3
+    assert summary([]) == "harness check inconclusive: nothing compared"
+    assert summary([skipped]) == "harness check inconclusive: 1 skipped"
+    same = CheckRow(**{**asdict(skipped), "metric": "top1", "verdict": Verdict.SAME, "reason": "drop 0"})
+    assert exit_code([skipped, same]) == 0
+
+
+def test_check_of_two_saved_sets_times_the_recipes_named_which_both_must_have(tiny_sets) -> None:  # noqa: ANN001
+    root, base, wide = tiny_sets
+    other = root / "other.yaml"
+    other.write_text(json.dumps(TINY_RECIPE))
+    done = run_cli("-q", "check", str(other), "--base", str(base), "--new", str(wide), "--out", str(root / "o"))
+    assert done.returncode == 2 and done.stderr.startswith(f"error: the new builds ({wide}) have no other (they "
+                                                           "have: tiny)"), done.stderr

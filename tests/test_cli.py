@@ -58,7 +58,14 @@ def test_run_tiny_recipe_end_to_end(write_recipe, tmp_path: Path) -> None:
         (["run", "v1_fp32", "--device", "rpi9"], "error: unknown device 'rpi9'; available:"),
         (["inspect", "mobilenet_v9"], "error: unknown model 'mobilenet_v9'"),
         (["run", "{recipe}"], "error: {recipe}: unknown key 'modle'"),
-        (["run", "v1_fp32", "--rpc", "nowhere"], "error: direct: expected 'host:port'"),
+        (["run", "v1_fp32", "--rpc", "nowhere"], "error: --rpc: expected 'host:port'"),
+        (["run", "v1_fp32", "--device", "rpi4", "--rpc", "a:1", "--tracker", "b:2"],
+         "error: --rpc and --tracker: give one"),
+        (["run", "v1_fp32", "--gpu", "1"], "error: --gpu 1: device x86 is not a CUDA GPU of this host"),
+        (["run", "v1_fp3"], "error: 'v1_fp3': neither a recipe file nor a shipped recipe"),
+        (["run", "absent.yaml", "-q"], "error: absent.yaml: file not found"),  # -q after the command too
+        (["build", "v1_fp32", "--out", "{recipe}"], "error: --out {recipe}: a file, not a folder"),
+        (["emulator", "stop", "rpi9"], "error: unknown device 'rpi9'"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args: list[str], message: str, write_recipe, tmp_path: Path) -> None:
@@ -66,13 +73,13 @@ def test_user_errors_are_one_line_exit_2(args: list[str], message: str, write_re
     args = [a.replace("{recipe}", str(recipe)) for a in args]
     results = tmp_path / "results"
     results.mkdir()
-    (results / "results.csv").write_text("run_id\nkept\n")
+    (results / "results.csv").write_text("run_id,recipe,device\nkept,r,x86\n")
     out = run_cli(*args, "--results", str(results)) if args[0] == "run" else run_cli(*args)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [message.replace("{recipe}", str(recipe))] or \
         out.stderr.strip().startswith(message.replace("{recipe}", str(recipe)))
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
-    assert (results / "results.csv").read_text() == "run_id\nkept\n"
+    assert (results / "results.csv").read_text() == "run_id,recipe,device\nkept,r,x86\n"
 
 
 @pytest.mark.parametrize(("code", "message"), [(errno.ENOSPC, "No space left on device"),
@@ -92,3 +99,14 @@ def test_a_full_disk_or_a_forbidden_folder_is_a_one_line_error(code: int, messag
     monkeypatch.setattr(commands, "devices", lambda args: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     with pytest.raises(OSError):  # any other OSError is a bug to report, with its traceback
         cli.main(["devices"])
+
+
+@pytest.mark.parametrize("table", ["", "a,b\n1,2\n"], ids=["empty", "foreign"])
+def test_a_table_that_is_not_a_results_table_is_refused_before_any_work(table: str, tmp_path: Path) -> None:
+    """`run` appends to it at the end: it is checked first, so no training is lost to it; it is left as it is."""
+    (tmp_path / "results.csv").write_text(table)
+    for args in (["run", "v1_fp32"], ["results"], ["compare"]):
+        out = run_cli(*args, "--results", str(tmp_path))
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith(f"error: {tmp_path / 'results.csv'}: not a") and out.stderr.count("\n") == 1
+    assert (tmp_path / "results.csv").read_text() == table

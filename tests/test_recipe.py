@@ -59,6 +59,18 @@ def test_keys_change_with_what_matters() -> None:
         (_recipe(steps=[{"finetune": {"epochs": 1}}, {"width": 0.5}]), r"width must come before finetune"),
         (_recipe(steps=[{"finetune": 3}]), r"finetune: expected a mapping of options"),
         (_recipe(sweep={"depth": [1]}), r"sweep: unknown key 'depth'"),
+        (_recipe(sweep={"width": ["a"]}), r"r\.yaml\.sweep\.width\[0\]: width must be a number in \(0, 4\], got 'a'"),
+        (_recipe(sweep={"width": [True]}), r"sweep\.width\[0\]: width must be a number"),
+        (_recipe(sweep={"width": [[1]]}), r"sweep\.width\[0\]: width must be a number"),
+        (_recipe(sweep={"width": [0.5, 7]}), r"sweep\.width\[1\]: width must be in \(0, 4\], got 7"),
+        (_recipe(sweep={"resolution": ["abc"]}), r"sweep\.resolution\[0\]: a resolution \(pixels\) must be a number"),
+        (_recipe(sweep={"dtype": ["int8", 1]}), r"sweep\.dtype\[1\]: 1 is not allowed; expected one of fp32"),
+        (_recipe(sweep={"dtype": []}), r"sweep\.dtype: no values"),
+        (_recipe(data={"seed": -1}), r"r\.yaml\.data: seed must be in \[0, 4294967295\], got -1"),
+        (_recipe(train={"seed": 2**70}), r"r\.yaml\.train: seed must be in"),
+        (_recipe(name="../../etc/x"), r"r\.yaml: name '\.\./\.\./etc/x': it names files and folders"),
+        (_recipe(name=""), r"r\.yaml: name '': it names files"),
+        (_recipe(name="a/b"), r"without / or"),
         ({}, r"r\.yaml: missing required key 'model'"),
     ],
 )
@@ -67,9 +79,19 @@ def test_bad_recipes_name_the_key(data: dict, message: str) -> None:
         recipe_from_dict(data, "r.yaml")
 
 
+def test_a_sweep_takes_every_value_its_steps_take() -> None:
+    recipe = recipe_from_dict(_recipe(sweep={"width": [1, 0.5], "resolution": [160, 0.5], "dtype": ["fp32", "int8"]}),
+                              "r.yaml")
+    assert recipe.sweep == {"width": (1, 0.5), "resolution": (160, 0.5), "dtype": ("fp32", "int8")}
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="file not found"):
         load_recipe(tmp_path / "absent.yaml")
+    with pytest.raises(HarnessError, match=r"'v1_fp3': neither a recipe file nor a shipped recipe \(shipped: .*v1_"):
+        load_recipe("v1_fp3")
+    with pytest.raises(HarnessError, match="a folder, not a YAML file"):
+        load_recipe(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
     with pytest.raises(HarnessError, match=r"bad\.yaml: invalid YAML \(line"):

@@ -95,6 +95,7 @@ class DataSpec:
         check("resolution", "resolution", self.resolution)
         check("fraction", "val_fraction", self.val_fraction)
         check("samples", "eval_samples", self.eval_samples)
+        check("seed", "seed", self.seed)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -111,6 +112,7 @@ class TrainSpec:
         check("lr", "lr", self.lr)
         check("batch", "batch_size", self.batch_size)
         check("weight_decay", "weight_decay", self.weight_decay)
+        check("seed", "seed", self.seed)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -145,6 +147,7 @@ class TuneSpec:
 
 
 SWEEP_KEYS = ("width", "resolution", "dtype")
+SWEEP_DTYPES = ("fp32", "fp16", "int8")  # fp32: without the recipe's quantize step
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -160,6 +163,11 @@ class Recipe:
     measure: MeasureSpec = field(default_factory=MeasureSpec)
     tune: TuneSpec = field(default_factory=TuneSpec)  # not part of key(): it changes speed, not the model
     sweep: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name[0] in ".-" or not self.name.isprintable() or {"/", "\\"} & set(self.name):
+            raise ValueError(f"name {self.name!r}: it names files and folders, so it must be printable, without / "
+                             "or \\, and not start with . or -")
 
     @property
     def width(self) -> float:
@@ -216,7 +224,7 @@ class Recipe:
         return ";".join(step_summary(step) for step in self.steps)
 
 
-__all__ = ["STEPS", "STEP_ALIASES", "SWEEP_KEYS", "ArchitectureStep", "CalibrationMethod", "CompileOptions", "DataSpec",
-           "DatasetName", "FinetuneSpec", "Importance", "MeasureSpec", "ModelSpec", "Optimizer", "PruneSpec",
-           "QuantizeSpec", "Recipe", "ResolutionSpec", "StepSpec", "TrainSpec", "TuneSpec", "TuningCoverage",
-           "WidthSpec", "step_kind", "step_summary"]
+__all__ = ["STEPS", "STEP_ALIASES", "SWEEP_DTYPES", "SWEEP_KEYS", "ArchitectureStep", "CalibrationMethod",
+           "CompileOptions", "DataSpec", "DatasetName", "FinetuneSpec", "Importance", "MeasureSpec", "ModelSpec",
+           "Optimizer", "PruneSpec", "QuantizeSpec", "Recipe", "ResolutionSpec", "StepSpec", "TrainSpec", "TuneSpec",
+           "TuningCoverage", "WidthSpec", "step_kind", "step_summary"]
