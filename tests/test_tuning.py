@@ -436,3 +436,26 @@ def test_refining_a_kernel_another_model_stored_leaves_a_readable_database(same_
     records = database.open_database(tmp_path / "db").get_all_tuning_records()  # every record replays
     assert {tvm_ffi.structural_hash(r.workload.mod) for r in records} >= set(stored)
     kernels.compile_with_database(second, target, tmp_path / "db")
+
+
+def test_records_that_do_not_replay_are_skipped_then_dropped(same_kernel_other_names, tmp_path: Path,
+                                                             caplog) -> None:
+    """A database with such records (written before `as_stored`) still compiles, and opens again once they are
+    dropped; the other records stay."""
+    from tvm.s_tir import meta_schedule as ms
+
+    first, second, stored = same_kernel_other_names
+    target = build_target(load_device("x86"))
+    _commit_first_spaces(tmp_path / "db", stored.values(), target)
+    db = database.open_database(tmp_path / "db")
+    pool = next(t for t in kernels.extract_tasks([second], target) if t.task_name.startswith("mean"))
+    assert kernels.workload_hash(pool) in stored  # the pool's reduction block is `lv<n>_red`, <n> another number
+    space = next(postprocessed_spaces(pool.dispatched[0], target))  # traced on the second model's names
+    db.commit_tuning_record(ms.database.TuningRecord(space.trace, db.commit_workload(pool.dispatched[0]),
+                                                     [1e-4], target))
+    with caplog.at_level(logging.WARNING):
+        assert kernels.tasks_coverage(kernels.extract_tasks([first], target), target, tmp_path / "db").complete
+        assert "does not replay" in caplog.text
+        reopened = database.open_database(tmp_path / "db")
+        assert "dropped 1 record(s)" in caplog.text
+    assert len(reopened.get_all_tuning_records()) == len(stored)

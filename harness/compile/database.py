@@ -23,6 +23,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from harness import cache
 from harness.compile.intrinsics import register as register_intrinsics
+from harness.errors import HarnessError, last_line
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +200,50 @@ def database_fingerprint(path: Path) -> str | None:
 
 
 def open_database(path: Path) -> ms.database.JSONDatabase:
-    """The JSON database at `path` (created empty if absent)."""
+    """The JSON database at `path` (created empty if absent). Records whose schedule does not replay on their
+    kernel make MetaSchedule refuse the whole database: they are dropped (with a warning) and it is opened again."""
     register_intrinsics()  # records of tensorized kernels name their intrinsic
     path.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(path_workload=str(path / WORKLOADS), path_tuning_record=str(path / RECORDS),
-                                    allow_missing=True)
+
+    def load() -> ms.database.JSONDatabase:
+        return ms.database.JSONDatabase(path_workload=str(path / WORKLOADS), path_tuning_record=str(path / RECORDS),
+                                        allow_missing=True)
+
+    try:
+        return load()
+    except RuntimeError as exc:
+        dropped = drop_unreplayable(path)
+        if not dropped:
+            raise HarnessError(f"tuning database {path} cannot be read ({last_line(exc)}); move it aside and run "
+                               "again (the harness seeds a new one from the shipped database)") from None
+        log.warning("tuning database %s: dropped %d record(s) whose schedule does not replay on their kernel "
+                    "(tuned on another model's block names by a harness before 2026-12-01)", path, dropped)
+        return load()
+
+
+def drop_unreplayable(path: Path) -> int:
+    """Remove the records of the database at `path` whose schedule does not replay on their kernel; returns how
+    many. Only the records file is rewritten (beside it, then moved into place); call it under the database's
+    lock, or where no tuning session has it open."""
+    workloads = (path / WORKLOADS).read_text().splitlines() if (path / WORKLOADS).is_file() else []
+    decoded: dict[int, ms.database.Workload] = {}
+    kept, dropped = [], 0
+    for line in (path / RECORDS).read_text().splitlines(keepends=True) if (path / RECORDS).is_file() else []:
+        if line.endswith("\n"):  # else a record being appended: kept as it is
+            try:
+                index, record = json.loads(line)
+                if index not in decoded:
+                    decoded[index] = ms.database.Workload.from_json(json.loads(workloads[index]))
+                ms.database.TuningRecord.from_json(record, decoded[index])
+            except (RuntimeError, IndexError, ValueError):  # no replay, no such workload, not JSON
+                dropped += 1
+                continue
+        kept.append(line)
+    if dropped:
+        tmp = path / (RECORDS + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path / RECORDS)
+    return dropped
 
 
 def records_for(db_path: Path, mods: Sequence[tvm.IRModule]) -> ms.database.Database:
@@ -226,8 +266,13 @@ def records_for(db_path: Path, mods: Sequence[tvm.IRModule]) -> ms.database.Data
         with open(db_path / RECORDS) as f:
             for line in f:
                 workload = by_line.get(int(line[1:line.index(",")])) if line.endswith("\n") else None
-                if workload is not None:
+                if workload is None:
+                    continue
+                try:
                     db.commit_tuning_record(ms.database.TuningRecord.from_json(json.loads(line)[1], workload))
+                except RuntimeError:  # a schedule that does not replay on its kernel (see `open_database`)
+                    log.warning("tuning database %s: a record whose schedule does not replay on its kernel was "
+                                "skipped", db_path)
     return db
 
 
