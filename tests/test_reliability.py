@@ -90,13 +90,13 @@ def test_any_recipe_mapping_loads_or_is_a_harness_error(data: dict) -> None:
 def test_cli_refuses_a_bad_recipe_in_one_line_and_leaves_results_alone(data: dict, tmp_path_factory, capsys) -> None:
     folder = tmp_path_factory.mktemp("fuzz")
     (folder / "results").mkdir()
-    (folder / "results" / "results.csv").write_text("run_id\nkept\n")
+    (folder / "results" / "results.csv").write_text("run_id,recipe,device\nkept,r,x86\n")
     recipe = folder / "r.yaml"
     recipe.write_text(yaml.safe_dump(data))
     # A recipe that loads stops at the unknown device: the run trains nothing either way.
     code = main(["-q", "run", str(recipe), "--device", "nosuch", "--results", str(folder / "results")])
     assert code == 2 and _is_one_line_error(capsys.readouterr().err)
-    assert (folder / "results" / "results.csv").read_text() == "run_id\nkept\n"
+    assert (folder / "results" / "results.csv").read_text() == "run_id,recipe,device\nkept,r,x86\n"
     assert sorted(p.name for p in (folder / "results").iterdir()) == ["results.csv"]
 
 

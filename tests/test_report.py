@@ -64,9 +64,9 @@ def test_compare_and_report_without_results_are_one_line_errors(tmp_path: Path) 
         done = run_cli(command, "--results", str(tmp_path / "empty"))
         assert done.returncode == 2 and "no results table" in done.stderr, done.stderr
     (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "results.csv").write_text("recipe\n")
+    (tmp_path / "broken" / "results.csv").write_text("run_id,recipe,device\n")  # a header, no rows
     done = run_cli("compare", "--results", str(tmp_path / "broken"))
-    assert done.returncode == 2 and "empty" in done.stderr
+    assert done.returncode == 2 and "empty" in done.stderr, done.stderr
 
 
 def test_report_renders_in_headless_chromium(results: Path, tmp_path: Path) -> None:
