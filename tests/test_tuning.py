@@ -349,6 +349,7 @@ def test_candidates_on_a_board_are_timed_on_the_profiles_threads(monkeypatch) ->
         server.terminate()
 
 
+@pytest.mark.slow  # ~1 min: two models exported and their kernels extracted three times
 def test_a_refine_retunes_the_named_recipes_kernels_not_their_references(tmp_path: Path, monkeypatch) -> None:
     """`tune RECIPE --refine` spends its budget on RECIPE's kernels; its reference's are tuned only where they
     have no schedule (here all have one: the first design space of each, committed by the test untimed)."""
