@@ -74,29 +74,53 @@ def rewrite(path: Path, records: Iterable[ms.database.TuningRecord]) -> int:
     return count
 
 
+def _edit_records(path: Path, edit: Callable[[str, ms.database.TuningRecord | None], str | None]) -> int:
+    """Rewrite the records file of the database at `path` line by line: `edit(line, record)` gets each complete
+    line and its record (None when the line does not decode: not JSON, no such workload, or a schedule that does
+    not replay on its kernel) and returns the line to write in its place, or None to drop it. A last line without
+    its newline (a record being appended) is kept as it is. Returns how many lines changed or were dropped; only
+    then is the file rewritten (beside it, then moved into place). The workload file and its line numbers, by which
+    a tuning session with the database open appends, stay."""
+    register_intrinsics()
+    workloads = (path / WORKLOADS).read_text().splitlines() if (path / WORKLOADS).is_file() else []
+    decoded: dict[int, ms.database.Workload] = {}
+    lines, edited = [], 0
+    for line in (path / RECORDS).read_text().splitlines(keepends=True) if (path / RECORDS).is_file() else []:
+        if line.endswith("\n"):
+            try:
+                index, fields = json.loads(line)
+                if index not in decoded:
+                    decoded[index] = ms.database.Workload.from_json(json.loads(workloads[index]))
+                record = ms.database.TuningRecord.from_json(fields, decoded[index])
+            except (RuntimeError, IndexError, ValueError):  # no replay, no such workload, not JSON
+                record = None
+            new = edit(line, record)
+            if new != line:
+                edited += 1
+            if new is None:
+                continue
+            line = new
+        lines.append(line)
+    if edited:
+        tmp = path / (RECORDS + ".tmp")
+        tmp.write_text("".join(lines))
+        tmp.replace(path / RECORDS)
+    return edited
+
+
 def retime(path: Path, run_secs: Callable[[ms.database.TuningRecord], Sequence[float] | None]) -> int:
     """Give the records of the database at `path` the times `run_secs` has for them (None: keep the old time);
-    returns how many changed. Only the records file is rewritten (beside it, then moved into place): the
-    workload file and its line numbers, by which a tuning session with the database open appends, stay."""
-    register_intrinsics()
-    workloads = (path / WORKLOADS).read_text().splitlines()
-    decoded: dict[int, ms.database.Workload] = {}
-    lines, changed = [], 0
-    for line in (path / RECORDS).read_text().splitlines(keepends=True):
-        if line.endswith("\n"):  # else a record being appended: kept as it is
-            index, record = json.loads(line)
-            if index not in decoded:
-                decoded[index] = ms.database.Workload.from_json(json.loads(workloads[index]))
-            secs = run_secs(ms.database.TuningRecord.from_json(record, decoded[index]))
-            if secs is not None:
-                record[1] = [float(t) for t in secs]
-                line = json.dumps([index, record], separators=(",", ":")) + "\n"
-                changed += 1
-        lines.append(line)
-    tmp = path / (RECORDS + ".tmp")
-    tmp.write_text("".join(lines))
-    tmp.replace(path / RECORDS)
-    return changed
+    returns how many changed. Only the records file is rewritten (see `_edit_records`)."""
+
+    def with_time(line: str, record: ms.database.TuningRecord | None) -> str | None:
+        secs = run_secs(record) if record is not None else None
+        if secs is None:
+            return line
+        index, fields = json.loads(line)
+        fields[1] = [float(t) for t in secs]
+        return json.dumps([index, fields], separators=(",", ":")) + "\n"
+
+    return _edit_records(path, with_time)
 
 
 def _shipped_digest(shipped: Path) -> str:
@@ -223,27 +247,9 @@ def open_database(path: Path) -> ms.database.JSONDatabase:
 
 def drop_unreplayable(path: Path) -> int:
     """Remove the records of the database at `path` whose schedule does not replay on their kernel; returns how
-    many. Only the records file is rewritten (beside it, then moved into place); call it under the database's
-    lock, or where no tuning session has it open."""
-    workloads = (path / WORKLOADS).read_text().splitlines() if (path / WORKLOADS).is_file() else []
-    decoded: dict[int, ms.database.Workload] = {}
-    kept, dropped = [], 0
-    for line in (path / RECORDS).read_text().splitlines(keepends=True) if (path / RECORDS).is_file() else []:
-        if line.endswith("\n"):  # else a record being appended: kept as it is
-            try:
-                index, record = json.loads(line)
-                if index not in decoded:
-                    decoded[index] = ms.database.Workload.from_json(json.loads(workloads[index]))
-                ms.database.TuningRecord.from_json(record, decoded[index])
-            except (RuntimeError, IndexError, ValueError):  # no replay, no such workload, not JSON
-                dropped += 1
-                continue
-        kept.append(line)
-    if dropped:
-        tmp = path / (RECORDS + ".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path / RECORDS)
-    return dropped
+    many. Only the records file is rewritten (see `_edit_records`); call it under the database's lock, or where no
+    tuning session has it open."""
+    return _edit_records(path, lambda line, record: line if record is not None else None)
 
 
 def records_for(db_path: Path, mods: Sequence[tvm.IRModule]) -> ms.database.Database:

@@ -3,7 +3,7 @@ schedules from a database for them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import tvm
@@ -42,17 +42,27 @@ def workload_hash(task: ms.ExtractedTask) -> int:
     return tvm_ffi.structural_hash(task.dispatched[0])
 
 
-def extract_tasks(mods: Sequence[tvm.IRModule], target: tvm.target.Target) -> list[ms.ExtractedTask]:
-    """The unique fused TIR kernels of `mods`, identical workloads merged (their weights summed)."""
+def module_tasks(mods: Sequence[tvm.IRModule], target: tvm.target.Target) -> list[list[ms.ExtractedTask]]:
+    """The fused TIR kernels of each of `mods`."""
+    return [list(ms.relax_integration.extract_tasks(fuse(mod, target), target)) for mod in mods]
+
+
+def merge_tasks(per_module: Iterable[Sequence[ms.ExtractedTask]]) -> list[ms.ExtractedTask]:
+    """The unique kernels of several modules' tasks, identical workloads merged (their weights summed)."""
     merged: dict[int, tuple[ms.ExtractedTask, int]] = {}
-    for mod in mods:
-        for task in ms.relax_integration.extract_tasks(fuse(mod, target), target):
+    for tasks in per_module:
+        for task in tasks:
             key = workload_hash(task)
             first, weight = merged.get(key, (task, 0))
             merged[key] = (first, weight + int(task.weight))
     return [task if task.weight == weight else
             ms.ExtractedTask(task.task_name, task.mod, task.target, task.dispatched, weight)
             for task, weight in merged.values()]
+
+
+def extract_tasks(mods: Sequence[tvm.IRModule], target: tvm.target.Target) -> list[ms.ExtractedTask]:
+    """The unique fused TIR kernels of `mods`, identical workloads merged (their weights summed)."""
+    return merge_tasks(module_tasks(mods, target))
 
 
 def is_tuned(db: ms.database.Database, task: ms.ExtractedTask, target: tvm.target.Target) -> bool:

@@ -19,7 +19,7 @@ from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 from harness import cache
 from harness.compile.database import compact, database_fingerprint, open_database
 from harness.compile.intrinsics import design_space
-from harness.compile.kernels import coverage, extract_tasks, is_tuned, workload_hash
+from harness.compile.kernels import is_tuned, merge_tasks, module_tasks, tasks_coverage, workload_hash
 from harness.compile.runners import local_runner, runner_for, target_threads
 from harness.compile.search import RedrawingSearch
 from harness.device import DeviceProfile
@@ -263,9 +263,11 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
     """
     start = time.monotonic()
     db = open_database(db_path)
-    tasks = [as_stored(t, db) for t in extract_tasks(mods, target)]
+    per_module = module_tasks(mods, target)
+    tasks = [as_stored(t, db) for t in merge_tasks(per_module)]
     tuned = [is_tuned(db, t, target) for t in tasks]
-    again = {workload_hash(t) for t in extract_tasks(refine, target)} if refine else set()
+    again = {workload_hash(t) for mod, mod_tasks in zip(mods, per_module, strict=True)
+             if any(mod is r for r in refine) for t in mod_tasks}
     todo = [t for t, done in zip(tasks, tuned, strict=True) if not done or workload_hash(t) in again]
     tuned_before = sum(tuned)
     refined = len(todo) - (len(tasks) - tuned_before)
@@ -309,4 +311,4 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
             log.info("kept %d records (the best per kernel) in %s", compact(db_path), db_path)
     return TuneReport(tasks=len(tasks), tasks_tuned_before=tuned_before,
                       trials=measured, seconds=time.monotonic() - start,
-                      stopped_by_deadline=stopped, coverage=coverage(mods, target, db_path))
+                      stopped_by_deadline=stopped, coverage=tasks_coverage(tasks, target, db_path))
