@@ -17,6 +17,29 @@ if TYPE_CHECKING:
     from harness.workspace import Workspace
 
 
+# check's options: their default and the modes (--base, --against, --save) that use them
+CHECK_OPTIONS: dict[str, tuple[object, tuple[str, ...]]] = {
+    "threshold": (0.05, ("base", "against")),
+    "alpha": (0.01, ("base",)),
+    "rounds": (30, ("base",)),
+    "retries": (2, ("base",)),
+    "max_acc_drop": (0.005, ("against",)),
+    "out": (None, ("base", "against")),
+}
+
+
+def mode_options(args: argparse.Namespace, command: str, mode: str,
+                 options: dict[str, tuple[object, tuple[str, ...]]]) -> None:
+    """An option given that `mode` does not use is a one-line error (rather than silently ignored); the options
+    not given get their defaults."""
+    for name, (default, modes) in options.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+        elif mode not in modes:
+            raise HarnessError(f"{command} --{mode}: --{name.replace('_', '-')} does not apply (it goes with "
+                               f"{' or '.join('--' + m for m in modes)})")
+
+
 def workspace(args: argparse.Namespace, write: bool = True, recording: bool = False) -> Workspace:
     """The results folder named by --results (or the default one), checked to be a folder we can write to;
     `recording`: with a results table rows can be appended to (checked now, not after the work)."""

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from harness import commands
+from harness.arguments import CHECK_OPTIONS
 from harness.errors import HarnessError
 from harness.limits import flag
 from harness.specs import SWEEP_DTYPES as DTYPES
@@ -136,15 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--save", metavar="FILE", help="measure the recipes and write them as a baseline")
     check.add_argument("--new", metavar="DIR", help="with --base: time this saved set instead of building the "
                                                     "working tree")
-    check.add_argument("--threshold", type=flag("threshold"), default=0.05,
-                       help="relative change that counts (default 0.05)")
-    check.add_argument("--alpha", type=flag("fraction"), default=0.01,
-                       help="A/B: Mann-Whitney U p-value below which a change is significant (default 0.01)")
-    check.add_argument("--rounds", type=flag("rounds"), default=30, help="A/B: interleaved rounds (default 30)")
-    check.add_argument("--retries", type=flag("retries"), default=2,
-                       help="A/B: measure a noisy comparison again up to N times (default 2)")
-    check.add_argument("--max-acc-drop", type=flag("share"), default=0.005,
-                       help="stored baseline: top-1/top-5 drop that fails (default 0.005)")
+    defaults = {name: default for name, (default, _) in CHECK_OPTIONS.items()}
+    check.add_argument("--threshold", type=flag("threshold"),
+                       help=f"relative change that counts (default {defaults['threshold']})")
+    check.add_argument("--alpha", type=flag("fraction"),
+                       help=f"A/B: Mann-Whitney U p-value below which a change is significant (default "
+                            f"{defaults['alpha']})")
+    check.add_argument("--rounds", type=flag("rounds"), help=f"A/B: interleaved rounds (default {defaults['rounds']})")
+    check.add_argument("--retries", type=flag("retries"),
+                       help=f"A/B: measure a noisy comparison again up to N times (default {defaults['retries']})")
+    check.add_argument("--max-acc-drop", type=flag("share"),
+                       help=f"stored baseline: top-1/top-5 drop that fails (default {defaults['max_acc_drop']})")
     check.add_argument("--out", metavar="DIR", help="where check.md and check.json go (default results/check/)")
     _add_device_arg(check, help="a local CPU device profile (default: x86)", remote=False)
     _add_results_arg(check)

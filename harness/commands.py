@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from harness.arguments import out_file, out_folder, results_table
+from harness.arguments import CHECK_OPTIONS, mode_options, out_file, out_folder, results_table
 from harness.arguments import profile as _profile
 from harness.arguments import workspace as _workspace
 from harness.errors import HarnessError
@@ -119,12 +119,13 @@ def check(args: argparse.Namespace) -> int:
     if len(modes) != 1:
         raise HarnessError("check: give exactly one of --base REV|DIR (same-run A/B), --against FILE (stored "
                            "baseline) or --save FILE")
+    if args.new and not args.base:
+        raise HarnessError("check: --new DIR goes with --base")
+    mode_options(args, "check", modes[0], CHECK_OPTIONS)
     ws = _workspace(args)
     out = out_folder(args.out) if args.out else ws.root / "check"
     if args.save:
         out_file(args.save, "--save")
-    if args.new and not args.base:
-        raise HarnessError("check: --new DIR goes with --base")
     if args.base:
         rows, context = _check_ab(args, ws)
     else:

@@ -16,6 +16,8 @@ from harness.specs import (
     SWEEP_DTYPES,
     SWEEP_KEYS,
     ArchitectureStep,
+    DatasetName,
+    QuantizeSpec,
     Recipe,
     ResolutionSpec,
     StepSpec,
@@ -45,7 +47,12 @@ def parse_step(raw: Any, where: str) -> StepSpec:
     unknown = sorted(map(str, set(value) - spelled))
     if unknown:
         raise HarnessError(f"{where}.{kind}: unknown key {shown(unknown[0])}; allowed: {', '.join(sorted(spelled))}")
-    return from_dict(cls, {aliases.get(k, k): v for k, v in value.items()}, f"{where}.{kind}")
+    step = from_dict(cls, {aliases.get(k, k): v for k, v in value.items()}, f"{where}.{kind}")
+    if isinstance(step, QuantizeSpec) and step.dtype != "int8":
+        extra = sorted(map(str, set(value) - {"dtype"}))
+        if extra:
+            raise HarnessError(f"{where}.quantize.{extra[0]}: applies to int8 only (dtype is {step.dtype})")
+    return step
 
 
 def _check_order(steps: tuple[StepSpec, ...], where: str) -> None:
@@ -66,6 +73,23 @@ def _check_order(steps: tuple[StepSpec, ...], where: str) -> None:
         seen_quantize = step_kind(step) == "quantize"
 
 
+def _check_applicable(recipe: Recipe, raw_data: Any, where: str) -> None:
+    """Keys that would be silently ignored are errors: a second width or resolution step (the last would win), a
+    data key its data set does not read. (`model.width` with a width step is not one: it is the reference's α.)"""
+    for kind in (WidthSpec, ResolutionSpec):
+        at = [i for i, step in enumerate(recipe.steps) if isinstance(step, kind)]
+        if len(at) > 1:
+            raise HarnessError(f"{where}.steps[{at[1]}]: a second {step_kind(recipe.steps[at[1]])} step (only the last "
+                               "would apply); give one")
+    given = set(raw_data) if isinstance(raw_data, dict) else set()
+    if recipe.data.name == DatasetName.DIGITS and "path" in given:
+        raise HarnessError(f"{where}.data.path: digits ships with scikit-learn and reads no folder (path is for "
+                           "imagefolder and cifar10)")
+    if recipe.data.name != DatasetName.DIGITS and "val_fraction" in given:
+        raise HarnessError(f"{where}.data.val_fraction: applies to digits only ({recipe.data.name} has its own "
+                           "validation split)")
+
+
 def recipe_from_dict(data: dict[str, Any], where: str, default_name: str = "recipe") -> Recipe:
     """Validate a recipe mapping (unknown keys, wrong types and step order are one-line errors)."""
     data = dict(data)
@@ -79,7 +103,9 @@ def recipe_from_dict(data: dict[str, Any], where: str, default_name: str = "reci
     recipe = from_dict(Recipe, data, where)
     sweep = convert(dict[str, list[Any]], raw_sweep, f"{where}.sweep")
     check_sweep(sweep, f"{where}.sweep")
-    return replace(recipe, steps=steps, sweep=sweep)
+    recipe = replace(recipe, steps=steps, sweep=sweep)
+    _check_applicable(recipe, data.get("data"), where)
+    return recipe
 
 
 def check_sweep(sweep: Mapping[str, Sequence[Any]], where: str) -> None:

@@ -25,9 +25,11 @@ def _with_point(recipe: Recipe, point: Mapping[str, Any]) -> Recipe:
     else:
         arch += [s for s in recipe.steps if isinstance(s, ResolutionSpec)]
     if "dtype" in point:
+        own = [s for s in rest if step_kind(s) == "quantize"]  # kept where its dtype is the point's (its options)
         rest = [s for s in rest if step_kind(s) != "quantize"]
         if point["dtype"] != "fp32":
-            rest.append(parse_step({"quantize": {"dtype": point["dtype"]}}, "sweep.dtype"))
+            rest.append(own[0] if own and own[0].dtype == point["dtype"] else
+                        parse_step({"quantize": {"dtype": point["dtype"]}}, "sweep.dtype"))
     label = ",".join(f"{k}={v}" for k, v in point.items())
     return replace(recipe, name=f"{recipe.name}[{label}]", steps=tuple(arch + rest), sweep={})
 

@@ -208,6 +208,12 @@ def test_check_builds_the_base_revision_in_a_worktree(tiny_sets: tuple[Path, Pat
     (["--threshold", "0", "--base", "HEAD"], "--threshold"),
     (["v1_fp32", "--save", "/tmp"], "--save /tmp: a folder; give a file name"),  # before anything is measured
     (["v1_fp32", "--base", "HEAD", "--out", str(REPO / "README.md")], "README.md: a file, not a folder"),
+    # options the mode does not use are refused, not ignored
+    (["v1_fp32", "--base", "HEAD", "--max-acc-drop", "0.1"], "check --base: --max-acc-drop does not apply (it goes "
+                                                             "with --against)"),
+    (["--against", "b.csv", "--rounds", "5"], "check --against: --rounds does not apply (it goes with --base)"),
+    (["v1_fp32", "--save", "b.csv", "--threshold", "0.1"], "check --save: --threshold does not apply (it goes "
+                                                           "with --base or --against)"),
 ])
 def test_check_usage_errors_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     done = run_cli("check", *args, "--results", str(tmp_path))

@@ -72,6 +72,14 @@ def test_keys_change_with_what_matters() -> None:
         (_recipe(name=""), r"r\.yaml: name '': it names files"),
         (_recipe(name="a/b"), r"without / or"),
         ({}, r"r\.yaml: missing required key 'model'"),
+        # keys that would be silently ignored
+        (_recipe(steps=[{"width": 0.5}, {"width": 0.25}]), r"steps\[1\]: a second width step \(only the last would"),
+        (_recipe(steps=[{"resolution": 160}, {"resolution": 128}]), r"steps\[1\]: a second resolution step"),
+        (_recipe(data={"name": "digits", "path": "/data"}), r"r\.yaml\.data\.path: digits ships with scikit-learn"),
+        (_recipe(data={"name": "imagefolder", "path": "/d", "val_fraction": 0.1}),
+         r"data\.val_fraction: applies to digits only \(imagefolder has"),
+        (_recipe(steps=[{"quantize": {"dtype": "fp16", "per_channel": True}}]),
+         r"steps\[0\]\.quantize\.per_channel: applies to int8 only \(dtype is fp16\)"),
     ],
 )
 def test_bad_recipes_name_the_key(data: dict, message: str) -> None:

@@ -2,7 +2,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.recipe import load_recipe, recipe_from_dict
-from harness.specs import ResolutionSpec, WidthSpec
+from harness.specs import QuantizeSpec, ResolutionSpec, WidthSpec, step_kind
 from harness.sweep import expand
 
 
@@ -34,3 +34,11 @@ def test_sweep_errors() -> None:
         expand(recipe, {"width": []})
     with pytest.raises(HarnessError, match="width must be in"):
         expand(recipe, {"width": [5]})
+
+
+def test_a_dtype_sweep_keeps_the_recipes_own_quantize_options() -> None:
+    recipe = load_recipe("v1_pruned_int8")  # quantize: {dtype: int8, reduce_range: true}, after prune and finetune
+    fp32, int8, fp16 = expand(recipe, {"dtype": ["fp32", "int8", "fp16"]})
+    assert [step_kind(s) for s in fp32.steps] == ["prune", "finetune"]
+    assert int8.steps == recipe.steps  # its int8 step, reduce_range included
+    assert fp16.steps[-1] == QuantizeSpec(dtype="fp16")  # the int8 options do not apply to fp16
