@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tune the named recipes' kernels again too, continuing from their best schedules "
                            "(their references only where they have none; with --shipped, every kernel)")
     tune.add_argument("--remeasure", action="store_true",
-                      help="first time every record of the device's database again here, on the profile's threads "
-                           "(or on its board), keeping the new times; alone, does only that")
+                      help="first time the records of the named recipes' kernels (with --shipped or alone: every "
+                           "record of the device's database) again here, on the profile's threads (or on its board), "
+                           "keeping the new times; alone, does only that")
     _add_device_arg(tune)
     _add_results_arg(tune)
     tune.set_defaults(func=commands.tune)
@@ -112,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub("bench", help="latency of TVM untuned/tuned, ONNX Runtime and PyTorch, ratios to ORT")
     bench.add_argument("recipe", nargs="+", help="recipe file(s) or name(s), e.g. v1_fp32 v2_fp32")
     _add_device_arg(bench, help="a local device profile (default: x86)", remote=False)
-    bench.add_argument("--repeats", type=flag("repeats"), default=30,
-                       help="interleaved rounds: each times every runtime once (default 30)")
+    bench.add_argument("--rounds", "--repeats", dest="rounds", type=flag("repeats"), default=30,
+                       help="interleaved rounds: each times every runtime once (default 30; --repeats is its old "
+                            "name)")
     bench.add_argument("--no-untuned", dest="untuned", action="store_false",
                        help="leave out TVM without tuning (seconds an inference for VGG-16 or ResNet-50)")
     _add_results_arg(bench)

@@ -61,10 +61,11 @@ def tune(args: argparse.Namespace) -> int:
     if args.remeasure and not (args.shipped or args.recipe) and (args.refine or args.minutes is not None):
         raise HarnessError("tune --remeasure: --refine and --minutes tune recipes after the re-measure: name them, "
                            "or --shipped")
+    recipes = [load_recipe(r) for r in args.recipe]
     if args.remeasure:
-        report = remeasure_database(profile, ws, progress=not args.quiet)
+        report = remeasure_database(profile, ws, recipes or None, progress=not args.quiet)
         print(f"{tuning_database(profile, ws)}: {report.summary()}")
-        if not (args.shipped or args.recipe):
+        if not (args.shipped or recipes):
             return 0
     if args.shipped:
         report, shipped, size = refresh_shipped(profile, ws, trials=args.trials, minutes=args.minutes,
@@ -73,9 +74,8 @@ def tune(args: argparse.Namespace) -> int:
             print(f"tuned every shipped recipe for {profile.name}: {report.summary()}")
         print(f"shipped database: {shipped} ({size / 1e6:.2f} MB)")
         return 0
-    if not args.recipe:
+    if not recipes:
         raise HarnessError("tune: name at least one recipe, or --shipped for all of them")
-    recipes = [load_recipe(r) for r in args.recipe]
     report = tune_recipes(recipes, profile, ws, trials=args.trials, minutes=args.minutes, progress=not args.quiet,
                           refine=args.refine)
     print(f"tuned {', '.join(r.name for r in recipes)} for {profile.name}: {report.summary()}")
@@ -88,7 +88,7 @@ def bench(args: argparse.Namespace) -> int:
     from harness.recipe import load_recipe
     from harness.results import format_rows
 
-    result = bench([load_recipe(r) for r in args.recipe], _profile(args), repeats=args.repeats,
+    result = bench([load_recipe(r) for r in args.recipe], _profile(args), repeats=args.rounds,
                    workspace=_workspace(args), progress=not args.quiet, untuned=args.untuned)
     print(format_rows(result.rows, ["recipe", "dtype", "runtime", "latency_ms_median", "latency_ms_min",
                                     "latency_cv", "vs_ort", "vs_fp32", "tuned_kernels"]))

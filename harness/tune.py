@@ -90,9 +90,19 @@ def tune_exports(exports: list[Exported], profile: DeviceProfile, ws: Workspace,
                        progress=progress, refine=again)
 
 
-def remeasure_database(profile: DeviceProfile, ws: Workspace, progress: bool = True) -> remeasure.RemeasureReport:
-    """Time every record of `profile`'s database again: here with the profile's threads, or on its board."""
-    return remeasure.remeasure(tuning_database(profile, ws), build_target(profile), profile, progress=progress)
+def kernels_of(exports: list[Exported], profile: DeviceProfile) -> list[tvm.IRModule]:
+    """The distinct kernels (tuning workloads) that `exports` compile to on `profile`."""
+    return [t.dispatched[0] for t in extract_tasks(tuning_modules(exports, profile), build_target(profile))]
+
+
+def remeasure_database(profile: DeviceProfile, ws: Workspace, recipes: list[Recipe] | None = None,
+                       progress: bool = True) -> remeasure.RemeasureReport:
+    """Time the records of `profile`'s database again, here with the profile's threads or on its board: those of
+    the kernels of `recipes` and their references, or every record."""
+    kernels = None if recipes is None else kernels_of(structural_exports(with_references(recipes), ws, progress),
+                                                        profile)
+    return remeasure.remeasure(tuning_database(profile, ws), build_target(profile), profile, kernels=kernels,
+                               progress=progress)
 
 
 def with_references(recipes: list[Recipe]) -> list[Recipe]:
@@ -125,7 +135,6 @@ def refresh_shipped(profile: DeviceProfile, ws: Workspace, *, trials: int, minut
     exports = structural_exports(with_references([load_recipe(n) for n in available_recipes()]), ws, progress)
     report = tune_exports(exports, profile, ws, trials=trials, minutes=minutes, progress=progress,
                           refine=exports if refine else ()) if trials > 0 else None
-    tasks = extract_tasks(tuning_modules(exports, profile), build_target(profile))
     shipped = database.SHIPPED_DIR / target_key(target_spec(profile))
-    size = database.pack(tuning_database(profile, ws), shipped, [t.dispatched[0] for t in tasks])
+    size = database.pack(tuning_database(profile, ws), shipped, kernels_of(exports, profile))
     return report, shipped, size

@@ -91,7 +91,7 @@ def test_bench_gives_every_runtime_a_row_with_its_ratio_to_onnx_runtime(tmp_path
 
 def test_bench_can_leave_out_untuned_tvm(write_recipe, tmp_path: Path) -> None:
     """`bench --no-untuned` builds and times every runtime but untuned TVM (seconds an inference on VGG-16)."""
-    out = run_cli("bench", str(write_recipe(TINY_RECIPE)), "--no-untuned", "--repeats", "2",
+    out = run_cli("bench", str(write_recipe(TINY_RECIPE)), "--no-untuned", "--rounds", "2",
                   "--results", str(tmp_path / "results"))
     assert out.returncode == 0, out.stderr
     (csv,) = (tmp_path / "results" / "bench").glob("*.csv")

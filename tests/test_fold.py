@@ -60,6 +60,7 @@ def test_no_layout_op_of_a_constant_is_left(exported: OnnxModel, monkeypatch: py
     assert {"relax.permute_dims", "relax.reshape", "relax.isnan"} <= set(_constant_calls(unfolded))
 
 
+@pytest.mark.slow  # ~40 s: compiles the model twice, once with a kernel per constant
 def test_folding_keeps_every_kernel_and_every_output(exported: OnnxModel, monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:
     profile = load_device("x86")

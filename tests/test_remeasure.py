@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import postprocessed_spaces, run_cli
+import yaml
+from conftest import TINY_RECIPE, postprocessed_spaces, run_cli
 
 from harness.compile import database, import_onnx, remeasure
 from harness.compile.kernels import extract_tasks
@@ -62,6 +63,20 @@ def test_every_record_gets_a_time_measured_here(conv_workload, tmp_path: Path) -
     assert len(times) == 2 and all(0 < t < 0.01 for t in times)  # a 16x16x8 convolution: microseconds
     # the workload file, whose line numbers a tuning session with the database open appends by, is untouched
     assert (tmp_path / database.WORKLOADS).read_bytes() == workloads
+
+
+def test_given_kernels_only_their_records_are_timed(conv_workload, tmp_path: Path) -> None:
+    workload, profile = conv_workload
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)).eval()
+    (other,) = extract_tasks([import_onnx(export_onnx(model, tmp_path / "other.onnx", resolution=16))],
+                             build_target(profile))
+    _commit(tmp_path / "db", workload, _records(workload, profile, 1, FAKE_SECS))
+    _commit(tmp_path / "db", other.dispatched[0], _records(other.dispatched[0], profile, 1, FAKE_SECS))
+    report = remeasure.remeasure(tmp_path / "db", build_target(profile), profile, kernels=[other.dispatched[0]],
+                                 progress=False)
+    assert (report.records, report.kernels) == (1, 1)
+    times = _times(tmp_path / "db")
+    assert times[0] < 0.01 and times[1] == FAKE_SECS  # the other kernel's record keeps its time
 
 
 def test_when_no_record_runs_it_stops_with_the_reason_and_changes_nothing(conv_workload, tmp_path: Path) -> None:
@@ -123,6 +138,13 @@ def test_cli_remeasures_the_devices_database(conv_workload, tmp_path: Path) -> N
     assert out.returncode == 0, out.stderr
     assert "re-timed 1 records of 1 kernels" in out.stdout
     assert _times(db)[0] < 0.01
+    _commit(db, workload, _records(workload, profile, 2, FAKE_SECS)[1:])
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
+    scoped = run_cli("-q", "tune", str(recipe), "--remeasure", "--trials", "0", "--device", str(device),
+                     "--results", str(tmp_path / "results"))  # a recipe without that kernel: its record stays
+    assert scoped.returncode == 0 and "no records to re-time" in scoped.stdout, scoped.stderr
+    assert FAKE_SECS in _times(db)
     empty = run_cli("-q", "tune", "--remeasure", "--device", str(device), "--results", str(tmp_path / "empty"))
     assert empty.returncode == 0 and "no records to re-time" in empty.stdout, empty.stderr
 

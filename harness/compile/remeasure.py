@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
+import tvm_ffi
 from tvm.s_tir import Schedule
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import BuilderInput
@@ -126,15 +128,18 @@ def _fastest(records: list[ms.database.TuningRecord], times: dict[tuple[int, str
 
 
 def remeasure(db_path: Path, target: tvm.target.Target, profile: DeviceProfile, *,
-              progress: bool = True) -> RemeasureReport:
+              kernels: Collection[tvm.IRModule] | None = None, progress: bool = True) -> RemeasureReport:
     """Time every record of the database at `db_path` again with `profile`'s runner (local, on its threads, or
-    on its board) and store the new times; a record that fails to build or run keeps its old time.
+    on its board) and store the new times; a record that fails to build or run keeps its old time. `kernels`:
+    only the records of these kernels (the others keep their times).
 
     The records file is rewritten at the end, under the database's lock; records another session committed
     meanwhile are kept as they are.
     """
     start = time.monotonic()
-    records = list(open_database(db_path).get_all_tuning_records())
+    keep = None if kernels is None else {tvm_ffi.structural_hash(k) for k in kernels}
+    records = [r for r in open_database(db_path).get_all_tuning_records()
+               if keep is None or record_key(r)[0] in keep]
     if not records:
         return RemeasureReport(records=0, failed=0, kernels=0, reranked=0, seconds=time.monotonic() - start,
                                other_cores=0.0)
