@@ -2,6 +2,7 @@
 traceback, and nothing under results/ changes. Generated with hypothesis: a few hundred cases here, thousands
 in the slow suite (`HYPOTHESIS_PROFILE=thorough`, set by `tox -e slow` and CI)."""
 
+import argparse
 import math
 import os
 from pathlib import Path
@@ -149,6 +150,12 @@ VALUE_TEXT = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(str), 
                        st.text(max_size=10), st.sampled_from(["1,0", "0.5,", ",", "1e309", "-0", "fp32,int4"]))
 
 
+def _dest(command: str, flag: str) -> str:
+    """The attribute a subcommand's flag parses into (an alias such as --repeats shares --rounds' dest)."""
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return next(a.dest for a in subparsers.choices[command]._actions if flag in a.option_strings)
+
+
 @given(command=st.sampled_from(sorted(FLAGS)), data=st.data())
 def test_any_flag_value_parses_in_range_or_is_a_one_line_usage_error(command: str, data: st.DataObject,
                                                                      capsys) -> None:
@@ -159,7 +166,7 @@ def test_any_flag_value_parses_in_range_or_is_a_one_line_usage_error(command: st
     except SystemExit as exc:
         assert exc.code == 2 and _is_one_line_error(capsys.readouterr().err)
         return
-    parsed = getattr(args, flag.lstrip("-").replace("-", "_"))
+    parsed = getattr(args, _dest(command, flag))
     for number in parsed if isinstance(parsed, list) else [parsed]:
         assert isinstance(number, str) or (math.isfinite(number) and number >= 0)
 
