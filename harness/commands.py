@@ -20,12 +20,13 @@ def _print_recorded(rows: list, ws, record: bool) -> None:  # noqa: ANN001
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.pipeline import run_recipe
     from harness.recipe import load_recipe
-    from harness.results import SUMMARY_COLUMNS, format_rows
 
     recipe = load_recipe(args.recipe).with_eval_samples(args.eval_samples)
     profile, ws = _profile(args), _workspace(args, recording=not args.no_record)
+    from harness.pipeline import run_recipe  # torch and TVM load after the arguments are checked
+    from harness.results import SUMMARY_COLUMNS, format_rows
+
     rows = [row for batch in (args.batch or [recipe.measure.batch])
             for row in run_recipe(recipe.with_batch(batch), profile, workspace=ws, progress=not args.quiet,
                                   record=not args.no_record, tune_minutes=args.tune_minutes)]
@@ -36,15 +37,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from harness.pipeline import run_variants
     from harness.recipe import load_recipe
-    from harness.results import format_rows
     from harness.sweep import expand
 
     recipe = load_recipe(args.recipe).with_eval_samples(args.eval_samples)
     grid = {k: v for k, v in (("width", args.width), ("resolution", args.resolution), ("dtype", args.dtype)) if v}
-    ws = _workspace(args, recording=not args.no_record)
-    rows = run_variants(expand(recipe, grid or None), recipe.reference(), _profile(args), workspace=ws,
+    ws, profile, variants = _workspace(args, recording=not args.no_record), _profile(args), expand(recipe, grid or None)
+    from harness.pipeline import run_variants
+    from harness.results import format_rows
+
+    rows = run_variants(variants, recipe.reference(), profile, workspace=ws,
                         progress=not args.quiet, record=not args.no_record)
     print(format_rows(rows))
     _print_recorded(rows, ws, not args.no_record)
@@ -53,7 +55,6 @@ def sweep(args: argparse.Namespace) -> int:
 
 def tune(args: argparse.Namespace) -> int:
     from harness.recipe import load_recipe
-    from harness.tune import refresh_shipped, remeasure_database, tune_recipes, tuning_database
 
     profile, ws = _profile(args), _workspace(args)
     if args.shipped and args.recipe:
@@ -62,6 +63,8 @@ def tune(args: argparse.Namespace) -> int:
         raise HarnessError("tune --remeasure: --refine and --minutes tune recipes after the re-measure: name them, "
                            "or --shipped")
     recipes = [load_recipe(r) for r in args.recipe]
+    from harness.tune import refresh_shipped, remeasure_database, tune_recipes, tuning_database
+
     if args.remeasure:
         report = remeasure_database(profile, ws, recipes or None, progress=not args.quiet)
         print(f"{tuning_database(profile, ws)}: {report.summary()}")
@@ -84,12 +87,14 @@ def tune(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from harness.bench import bench
     from harness.recipe import load_recipe
+
+    recipes, profile, ws = [load_recipe(r) for r in args.recipe], _profile(args), _workspace(args)
+    from harness.bench import bench
     from harness.results import format_rows
 
-    result = bench([load_recipe(r) for r in args.recipe], _profile(args), repeats=args.rounds,
-                   workspace=_workspace(args), progress=not args.quiet, untuned=args.untuned)
+    result = bench(recipes, profile, repeats=args.rounds, workspace=ws, progress=not args.quiet,
+                   untuned=args.untuned)
     print(format_rows(result.rows, ["recipe", "dtype", "runtime", "latency_ms_median", "latency_ms_min",
                                     "latency_cv", "vs_ort", "vs_fp32", "tuned_kernels"]))
     for pair, kinds in result.layer_kinds.items():
@@ -101,11 +106,13 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def build(args: argparse.Namespace) -> int:
-    from harness.artifacts import build_set
     from harness.recipe import load_recipe
 
-    saved = build_set([load_recipe(r) for r in args.recipe], _profile(args), out_folder(args.out), _workspace(args),
-                      progress=not args.quiet)
+    recipes, profile, out, ws = [load_recipe(r) for r in args.recipe], _profile(args), out_folder(args.out), \
+        _workspace(args)
+    from harness.artifacts import build_set
+
+    saved = build_set(recipes, profile, out, ws, progress=not args.quiet)
     for name, artifact in saved.artifacts.items():
         print(f"{name:<20} {artifact.lib}  ({artifact.tuned_kernels} kernels tuned)")
     print(f"\nsaved {len(saved.artifacts)} artifact(s) for {saved.device} at revision {saved.git_rev}: {saved.root}")
@@ -113,8 +120,6 @@ def build(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    from harness import check
-
     modes = [m for m in ("base", "against", "save") if getattr(args, m)]
     if len(modes) != 1:
         raise HarnessError("check: give exactly one of --base REV|DIR (same-run A/B), --against FILE (stored "
@@ -132,6 +137,8 @@ def check(args: argparse.Namespace) -> int:
         rows, context = _check_stored(args, ws)
         if rows is None:
             return 0
+    from harness import check
+
     print(check.table(rows).to_string(index=False) if rows else "nothing compared")
     print(check.summary(rows))
     md, js = check.write_outputs(rows, out, context)
@@ -142,21 +149,23 @@ def check(args: argparse.Namespace) -> int:
 def _check_ab(args: argparse.Namespace, ws) -> tuple[list, dict]:  # noqa: ANN001
     import time
 
-    from harness import check
-    from harness.artifacts import build_set, load_set
     from harness.recipe import load_recipe
 
     if not args.recipe and not args.new:
         raise HarnessError("check --base: name the recipes to build, or give --new DIR")
     started = time.monotonic()
+    recipes, profile = [load_recipe(r) for r in args.recipe], _profile(args)
+    from harness import check
+    from harness.artifacts import build_set, load_set
+
     saved_base = Path(args.base).is_dir()
     base = load_set(Path(args.base)) if saved_base else check.resolve_revision(args.base)
-    new = load_set(Path(args.new)) if args.new else build_set(
-        [load_recipe(r) for r in args.recipe], _profile(args), ws.root / "check" / "new", ws, not args.quiet)
+    new = load_set(Path(args.new)) if args.new else build_set(recipes, profile, ws.root / "check" / "new", ws,
+                                                              not args.quiet)
     if not saved_base:
         base = check.build_at_revision(base, args.recipe or list(new.artifacts), args.device,
                                        ws.root / "check" / "base", args.quiet)
-    names = [load_recipe(r).name for r in args.recipe] if args.new and args.recipe else None
+    names = [r.name for r in recipes] if args.new and recipes else None
     rows = check.ab_check(base, new, names, rounds=args.rounds, threshold=args.threshold, alpha=args.alpha,
                           retries=args.retries, progress=not args.quiet)
     return rows, {"mode": "same-run A/B", "base": f"{args.base} ({base.git_rev})", "new": new.git_rev,
@@ -165,15 +174,16 @@ def _check_ab(args: argparse.Namespace, ws) -> tuple[list, dict]:  # noqa: ANN00
 
 
 def _check_stored(args: argparse.Namespace, ws) -> tuple[list | None, dict]:  # noqa: ANN001
-    from harness import check
-    from harness.pipeline import run_recipe
     from harness.recipe import load_recipe
 
-    baseline = check.load_baseline(Path(args.against)) if args.against else None
-    names = args.recipe or ([] if baseline is None else sorted(set(baseline["recipe"])))
-    if not names:
+    if args.save and not args.recipe:
         raise HarnessError("check --save: name the recipes to measure")
     profile = _profile(args)
+    from harness import check
+    from harness.pipeline import run_recipe
+
+    baseline = check.load_baseline(Path(args.against)) if args.against else None
+    names = args.recipe or sorted(set(baseline["recipe"]))  # a baseline has rows (load_baseline checks)
     rows = [row for name in names
             for row in run_recipe(load_recipe(name), profile, workspace=ws, progress=not args.quiet, record=False)]
     if baseline is None:

@@ -11,8 +11,9 @@ from harness.specs import FinetuneSpec, QuantizeSpec, Recipe, ResolutionSpec, St
 from harness.workspace import Workspace
 
 HEAVY = {"vgg16_fp32", "vgg16_int8", "resnet50_fp32"}  # hundreds of MB of weights: slow suite only
-# int8 paths the default suite already runs through v1_int8, v2_int8 and v1_pruned_int8 (~80 s each)
-REPEATS = {"v2_pruned_int8", "resnet18_int8"}
+# paths the default suite already runs: int8 through v1_int8 and v2_int8, pruning through v1_pruned50, width
+# through v1_alpha025, resolution through v1_res128
+REPEATS = {"v2_pruned_int8", "resnet18_int8", "v1_pruned_int8", "v1_alpha050", "v1_alpha075", "v1_res160"}
 SHIPPED = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not load_recipe(p).sweep)
 
 
