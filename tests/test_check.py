@@ -134,6 +134,8 @@ def test_a_baseline_of_another_table_version_is_refused(tmp_path: Path) -> None:
         load_baseline(tmp_path / "missing.csv")
 
 
+# ~1 min: three CLI runs, each measuring the recipe; CI runs it (.ci/run, slow set)
+@pytest.mark.slow
 def test_check_save_then_against_end_to_end(tiny_sets: tuple[Path, Path, Path]) -> None:
     root = tiny_sets[0]
     args = (str(root / "tiny.yaml"), "--results", str(root / "res"), "--out", str(root / "stored"))

@@ -125,6 +125,8 @@ def test_records_committed_meanwhile_are_kept(conv_workload, tmp_path: Path, mon
     assert len(times) == 2 and times[0] < 0.01 and times[1] == pytest.approx(0.25)
 
 
+# ~1 min: four CLI runs that each re-time in worker processes; CI runs it (.ci/run, slow set)
+@pytest.mark.slow
 def test_cli_remeasures_the_devices_database(conv_workload, tmp_path: Path) -> None:
     workload, profile = conv_workload
     device = tmp_path / "x86-1.yaml"
