@@ -108,8 +108,8 @@ def bench(args: argparse.Namespace) -> int:
 def build(args: argparse.Namespace) -> int:
     from harness.recipe import load_recipe
 
-    recipes, profile, out, ws = [load_recipe(r) for r in args.recipe], _profile(args), out_folder(args.out), \
-        _workspace(args)
+    recipes = [load_recipe(r) for r in args.recipe]
+    profile, out, ws = _profile(args), out_folder(args.out), _workspace(args)
     from harness.artifacts import build_set
 
     saved = build_set(recipes, profile, out, ws, progress=not args.quiet)
