@@ -8,17 +8,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from harness.build import compile_variant, export_variant, preflight, structural
-from harness.compile import Artifact
-from harness.compile.target import build_target, target_json
-from harness.data import calibration_batches, load_data
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
 from harness.results import git_revision, write_json
 from harness.specs import Recipe
-from harness.tune import tuning_database
 from harness.workspace import Workspace, link_or_copy
+
+if TYPE_CHECKING:
+    from harness.compile import Artifact
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -54,6 +53,12 @@ def build_set(recipes: list[Recipe], profile: DeviceProfile, out: Path, ws: Work
         raise HarnessError(f"device {profile.name}: saved artifact sets are timed on this host's CPU")
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise HarnessError(f"--out {out}: a folder that is not a saved artifact set; give a new or empty folder")
+    # The build stages load torch and TVM (seconds): only here, so that reading a saved set (and `check`'s usage
+    # errors) stays quick.
+    from harness.build import compile_variant, export_variant, preflight, structural
+    from harness.data import calibration_batches, load_data
+    from harness.tune import tuning_database
+
     database = tuning_database(profile, ws)
     built = {}
     for recipe in recipes:
@@ -73,7 +78,7 @@ def save_set(built: dict[str, tuple[Artifact, tuple[int, ...]]], profile: Device
     for name, (artifact, shape) in built.items():
         link_or_copy(artifact.path, out / name / "model.so")
         entries[name] = {"lib": f"{name}/model.so", "input_shape": list(shape), "dtype": "float32",
-                         "target": target_json(build_target(profile)),
+                         "target": artifact.target,
                          "tuned_kernels": str(artifact.report.tuned_kernels)}
     write_json(out / MANIFEST, {"format": FORMAT, "git_rev": git_revision(), "device": profile.name,
                                 "threads": profile.thread_count, "artifacts": entries})

@@ -22,7 +22,6 @@ import pandas as pd
 from harness.abtest import Verdict, interleave, judge
 from harness.artifacts import MANIFEST, ArtifactSet, load_set
 from harness.errors import HarnessError
-from harness.measure import LocalExecutor
 from harness.noise import cpu_model
 from harness.results import Row, markdown, write_json, write_text
 
@@ -139,6 +138,8 @@ def _name(arg: str) -> str:
 
 
 def _runner(lib: Path, shape: tuple[int, ...], dtype: str, threads: int | None):  # noqa: ANN202 (a callable)
+    from harness.measure import LocalExecutor  # torch and TVM: not for `check`'s usage errors
+
     batch = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     return LocalExecutor(lib, threads).bind(batch)
 

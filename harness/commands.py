@@ -180,9 +180,10 @@ def _check_stored(args: argparse.Namespace, ws) -> tuple[list | None, dict]:  # 
         raise HarnessError("check --save: name the recipes to measure")
     profile = _profile(args)
     from harness import check
-    from harness.pipeline import run_recipe
 
     baseline = check.load_baseline(Path(args.against)) if args.against else None
+    from harness.pipeline import run_recipe
+
     names = args.recipe or sorted(set(baseline["recipe"]))  # a baseline has rows (load_baseline checks)
     rows = [row for name in names
             for row in run_recipe(load_recipe(name), profile, workspace=ws, progress=not args.quiet, record=False)]

@@ -1,9 +1,12 @@
-"""The import graph of the package: no circles, specs are a leaf, and no stage imports `recipe` back.
+"""The import graph of the package: no circles, specs are a leaf, no stage imports `recipe` back, and the command
+line checks its inputs before torch and TVM load.
 
 Every `import` counts, including those inside functions (a lazy import is still a dependency).
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +86,14 @@ def test_only_the_front_end_imports_recipe() -> None:
 def test_no_module_is_oversized() -> None:
     sizes = {_module_name(p): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_the_command_line_and_saved_sets_load_without_torch_or_tvm() -> None:
+    """What checks a command's inputs (and reads saved artifact sets and baselines) imports no heavy stage at
+    module level, so that a bad input fails in about a second, not after the ~10 s torch and TVM take to load."""
+    light = ("harness.cli", "harness.commands", "harness.recipe", "harness.device", "harness.artifacts",
+             "harness.check")
+    heavy = ("torch", "tvm", "onnx", "onnxruntime")
+    code = f"import sys, {', '.join(light)}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -14,10 +14,14 @@ import pytest
 from conftest import REPO, TINY_RECIPE, run_cli
 
 from harness.abtest import Samples, Verdict, interleave, judge
+from harness.artifacts import build_set
 from harness.check import CheckRow, baseline_check, exit_code, load_baseline, save_baseline, summary
+from harness.device import load_device
 from harness.errors import HarnessError
 from harness.noise import NoiseLog, watch
+from harness.recipe import load_recipe
 from harness.results import Row, format_rows
+from harness.workspace import Workspace
 
 RNG = np.random.default_rng(0)
 
@@ -161,9 +165,8 @@ def tiny_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     recipe.write_text(json.dumps(TINY_RECIPE))
     (root / "wide" / "tiny.yaml").write_text(json.dumps(TINY_RECIPE | {"model": {"name": "test_mobilenet_v1",
                                                                                    "width": 1.0}}))
-    for src, out in ((recipe, "set"), (root / "wide" / "tiny.yaml", "wide_set")):
-        done = run_cli("-q", "build", str(src), "--out", str(root / out), "--results", str(root / "res"))
-        assert done.returncode == 0, done.stderr
+    for src, out in ((recipe, "set"), (root / "wide" / "tiny.yaml", "wide_set")):  # `harness build`, in this process
+        build_set([load_recipe(str(src))], load_device("x86"), root / out, Workspace(root / "res"), progress=False)
     return root, root / "set", root / "wide_set"
 
 
