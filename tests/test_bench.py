@@ -89,6 +89,8 @@ def test_bench_gives_every_runtime_a_row_with_its_ratio_to_onnx_runtime(tmp_path
     assert kinds.loc["1x1 convolution", "ORT int8"] > 0
 
 
+# ~20 s, a CLI run; CI runs it (.ci/run, slow set)
+@pytest.mark.slow
 def test_bench_can_leave_out_untuned_tvm(write_recipe, tmp_path: Path) -> None:
     """`bench --no-untuned` builds and times every runtime but untuned TVM (seconds an inference on VGG-16)."""
     out = run_cli("bench", str(write_recipe(TINY_RECIPE)), "--no-untuned", "--rounds", "2",

@@ -2,9 +2,10 @@
 cache is never poisoned, and a damaged entry is rebuilt with one warning line (every kind truncated; the
 library, whose damage would crash the loading process, also garbled and emptied).
 
-Each case runs the CLI as a user does, on a tiny recipe with every kind of cached file (trained model, pruned
-model and its report, fp32 and int8 ONNX, compiled library and its metadata). The slow suite (`tox -e slow`,
-CI) runs them all; the default suite runs one corruption case.
+Each case runs the CLI as a user does (a cache to damage is first filled by a run in the test's process), on a
+tiny recipe with every kind of cached file (trained model, pruned model and its report, fp32 and int8 ONNX,
+compiled library and its metadata). The slow suite (`tox -e slow`, CI) runs them all; the default suite runs one
+corruption case.
 """
 
 import random
@@ -17,6 +18,11 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, TINY_RECIPE, run_cli
+
+from harness.device import load_device
+from harness.pipeline import run_recipe
+from harness.recipe import load_recipe
+from harness.workspace import Workspace
 
 RECIPE = {**TINY_RECIPE, "steps": [{"prune": {"ratio": 0.5}}, {"finetune": {"epochs": 1}},
                                    {"quantize": {"calibration_samples": 16}}]}
@@ -111,11 +117,13 @@ CASES = [(kind, "truncated") for kind in CACHED] + [("library", "garbled"), ("li
 def test_a_damaged_cache_entry_is_rebuilt_with_one_warning(kind: str, damage: str, recipe: Path,
                                                            tmp_path: Path) -> None:
     results = tmp_path / "results"
-    assert run_cli("-q", "run", str(recipe), "--results", str(results)).returncode == 0
+    run_recipe(load_recipe(str(recipe)), load_device("x86"), workspace=Workspace(results), progress=False)  # fills it
     victims = sorted((results / "cache").glob(CACHED[kind]))
     assert victims, CACHED[kind]
-    for victim in victims:
-        victim.write_bytes(DAMAGE[damage](victim.read_bytes()))
+    for victim in victims:  # as a new file: this process still maps the library it loaded (truncating it: SIGBUS)
+        damaged = DAMAGE[damage](victim.read_bytes())
+        victim.unlink()
+        victim.write_bytes(damaged)
     out = run_cli("run", str(recipe), "--results", str(results))
     assert out.returncode == 0, out.stderr
     warnings = [line for line in out.stderr.splitlines() if "is damaged" in line]

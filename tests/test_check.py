@@ -190,6 +190,8 @@ def test_check_catches_a_slower_build(tiny_sets: tuple[Path, Path, Path]) -> Non
         assert "regression" in done.stdout and "REGRESSION" in done.stdout
 
 
+# ~40 s; CI runs it (.ci/run, slow set), and its last step, the latency gate, builds HEAD~1 in a worktree too
+@pytest.mark.slow
 def test_check_builds_the_base_revision_in_a_worktree(tiny_sets: tuple[Path, Path, Path]) -> None:
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode:
         pytest.skip("not a git checkout")

@@ -1,18 +1,21 @@
 """No silent untuned numbers: rows say how many kernels were tuned, ratios to untuned artifacts stay empty,
 and a warning names the command that tunes what is missing."""
 
+import logging
 from pathlib import Path
 
 import pandas as pd
-from conftest import TINY_RECIPE, run_cli
+import pytest
+from conftest import TINY_RECIPE
 
 from harness.compile.target import target_key, target_spec
 from harness.device import load_device
-from harness.pipeline import compare
+from harness.pipeline import compare, run_recipe
 from harness.recipe import load_recipe
-from harness.results import Row
+from harness.results import SUMMARY_COLUMNS, Row, format_rows
 from harness.specs import TuningCoverage
 from harness.tune import tune_command
+from harness.workspace import Workspace
 
 
 def _row(recipe: str, latency: float, tuned: str, ort: float | None = 5.0) -> Row:
@@ -36,19 +39,21 @@ def test_tune_command_names_recipe_device_and_a_budget() -> None:
     assert cmd == "python -m harness tune v1_fp32 --device x86 --trials 100000 --minutes 9"
 
 
-def test_untuned_run_warns_once_with_the_fix_and_prints_tuned_kernels(write_recipe, tmp_path: Path) -> None:
-    """A run with no database for its kernels: one warning line with the tune command, `tuned_kernels`
-    in the printed table and the row, and no vs_ort."""
+def test_untuned_run_warns_once_with_the_fix_and_prints_tuned_kernels(write_recipe, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A run with no database for its kernels: one warning with the tune command, `tuned_kernels` in the
+    printed table and the row, and no vs_ort."""
     results = tmp_path / "results"
     other = results / "tuning" / target_key(target_spec(load_device("x86"))).replace("-t2", "-t8")
     other.mkdir(parents=True)  # a database for another thread count is named, not used
-    out = run_cli("run", str(write_recipe(TINY_RECIPE)), "--results", str(results))
-    assert out.returncode == 0, out.stderr
-    warnings = [line for line in out.stderr.splitlines() if "untuned" in line and "WARNING" in line]
-    assert len(warnings) == 1, out.stderr
+    with caplog.at_level(logging.WARNING):
+        rows = run_recipe(load_recipe(str(write_recipe(TINY_RECIPE))), load_device("x86"),
+                          workspace=Workspace(results), progress=False)
+    warnings = [r.getMessage() for r in caplog.records if "untuned" in r.getMessage()]
+    assert len(warnings) == 1, warnings
     assert "python -m harness tune tiny --device x86 --trials 100000 --minutes" in warnings[0]
     assert other.name in warnings[0] and "not used" in warnings[0]
-    assert "tuned_kernels" in out.stdout
+    assert "tuned_kernels" in format_rows(rows, SUMMARY_COLUMNS)  # what `run` prints
     row = pd.read_csv(results / "results.csv").iloc[0]
     tuned, total = map(int, row["tuned_kernels"].split("/"))
     assert tuned == 0 < total and pd.isna(row["vs_ort"]) and "no vs_ort" in row["notes"]
