@@ -19,6 +19,17 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
                           timeout=600)
 
 
+def run_here(recipe: Path, results: Path) -> list:
+    """What `python -m harness -q run RECIPE --results RESULTS` does, in this process: for tests whose subject is
+    not the `run` command but what a run leaves (the table, the cache), the imports not paid again."""
+    from harness.device import load_device
+    from harness.pipeline import run_recipe
+    from harness.recipe import load_recipe
+    from harness.workspace import Workspace
+
+    return run_recipe(load_recipe(str(recipe)), load_device("x86"), workspace=Workspace(results), progress=False)
+
+
 TINY_RECIPE = {
     "model": {"name": "test_mobilenet_v1", "width": 0.25},
     "data": {"name": "digits", "resolution": 32, "eval_samples": 64},

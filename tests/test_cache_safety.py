@@ -17,12 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, TINY_RECIPE, run_cli
-
-from harness.device import load_device
-from harness.pipeline import run_recipe
-from harness.recipe import load_recipe
-from harness.workspace import Workspace
+from conftest import REPO, TINY_RECIPE, run_cli, run_here
 
 RECIPE = {**TINY_RECIPE, "steps": [{"prune": {"ratio": 0.5}}, {"finetune": {"epochs": 1}},
                                    {"quantize": {"calibration_samples": 16}}]}
@@ -117,7 +112,7 @@ CASES = [(kind, "truncated") for kind in CACHED] + [("library", "garbled"), ("li
 def test_a_damaged_cache_entry_is_rebuilt_with_one_warning(kind: str, damage: str, recipe: Path,
                                                            tmp_path: Path) -> None:
     results = tmp_path / "results"
-    run_recipe(load_recipe(str(recipe)), load_device("x86"), workspace=Workspace(results), progress=False)  # fills it
+    run_here(recipe, results)  # fills the cache
     victims = sorted((results / "cache").glob(CACHED[kind]))
     assert victims, CACHED[kind]
     for victim in victims:  # as a new file: this process still maps the library it loaded (truncating it: SIGBUS)

@@ -11,13 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TINY_RECIPE, run_cli
+from conftest import TINY_RECIPE, run_cli, run_here
 
 from harness.compare import pareto
-from harness.device import load_device
-from harness.pipeline import run_recipe
-from harness.recipe import load_recipe
-from harness.workspace import Workspace
 
 CHROMIUM = next((c for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
 
@@ -30,8 +26,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "tiny.yaml").write_text(json.dumps(TINY_RECIPE))
     (root / "tiny_pruned.yaml").write_text(json.dumps(TINY_RECIPE | {"steps": [{"prune": {"ratio": 0.5}}]}))
     for name in ("tiny", "tiny_pruned"):  # in this process: the commands under test here are compare and report
-        run_recipe(load_recipe(str(root / f"{name}.yaml")), load_device("x86"), workspace=Workspace(root / "results"),
-                   progress=False)
+        run_here(root / f"{name}.yaml", root / "results")
     return root / "results"
 
 

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, run_here
 
 from harness.compile.target import target_key, target_spec
 from harness.device import load_device
-from harness.pipeline import compare, run_recipe
+from harness.pipeline import compare
 from harness.recipe import load_recipe
 from harness.results import SUMMARY_COLUMNS, Row, format_rows
 from harness.specs import TuningCoverage
 from harness.tune import tune_command
-from harness.workspace import Workspace
 
 
 def _row(recipe: str, latency: float, tuned: str, ort: float | None = 5.0) -> Row:
@@ -47,8 +46,7 @@ def test_untuned_run_warns_once_with_the_fix_and_prints_tuned_kernels(write_reci
     other = results / "tuning" / target_key(target_spec(load_device("x86"))).replace("-t2", "-t8")
     other.mkdir(parents=True)  # a database for another thread count is named, not used
     with caplog.at_level(logging.WARNING):
-        rows = run_recipe(load_recipe(str(write_recipe(TINY_RECIPE))), load_device("x86"),
-                          workspace=Workspace(results), progress=False)
+        rows = run_here(write_recipe(TINY_RECIPE), results)
     warnings = [r.getMessage() for r in caplog.records if "untuned" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert "python -m harness tune tiny --device x86 --trials 100000 --minutes" in warnings[0]
