@@ -255,5 +255,8 @@ def status() -> tuple[State, dict[str, int]]:
     counts = {}
     if _alive(state.tracker_pid):
         for key in {b.key for b in state.boards}:
-            counts[key] = tracker_devices("127.0.0.1", state.tracker_port, key)
+            try:
+                counts[key] = tracker_devices("127.0.0.1", state.tracker_port, key)
+            except OSError:  # the tracker's process runs but does not listen (yet)
+                counts[key] = 0
     return state, counts

@@ -39,9 +39,12 @@ def _check_port(host: str, port: int, what: str, profile: DeviceProfile, timeout
 
 
 def tracker_devices(host: str, port: int, key: str) -> int:
-    """How many RPC servers of `key` are registered with the tracker at host:port (free or busy)."""
+    """How many RPC servers of `key` are registered with the tracker at host:port (free or busy).
+
+    Raises OSError at once when nothing listens there (TVM's own connect retries for 60 s, warning every 5 s)."""
     from tvm import rpc
 
+    socket.create_connection((host, port), timeout=3.0).close()
     summary = rpc.connect_tracker(host, port).summary()
     return sum(1 for server in summary.get("server_info", []) if server.get("key", "").split(":")[-1] == key)
 

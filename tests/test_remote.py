@@ -1,6 +1,7 @@
 """RPC failure paths: no tracker, a tracker without boards, a server that never answers, and what a run
 keeps (the cross-compiled artifact) when no board can be reached."""
 
+import logging
 import shutil
 import socket
 import threading
@@ -30,6 +31,29 @@ def test_unreachable_tracker_is_a_clear_error() -> None:
     port = _free_port()
     with pytest.raises(DeviceUnreachable, match=rf"cannot reach RPC tracker 127.0.0.1:{port} .*emulator start rpi4"):
         connect(_rpi4(tracker=f"127.0.0.1:{port}"))
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_counting_the_boards_of_an_unreachable_tracker_does_not_wait_for_tvm_retries() -> None:
+    """A run of several variants asks the tracker how many boards it has before connecting: with no tracker,
+    that is one board (connect() then says why), at once, not after TVM's 60 s of retries."""
+    from harness.boards import board_count
+
+    tvm_rpc_log, seen = logging.getLogger("RPCServer"), _Records()  # TVM warns there before each retry
+    tvm_rpc_log.addHandler(seen)
+    try:
+        assert board_count(_rpi4(tracker=f"127.0.0.1:{_free_port()}")) == 1
+    finally:
+        tvm_rpc_log.removeHandler(seen)
+    assert not seen.messages
 
 
 def test_server_that_never_answers_times_out() -> None:
