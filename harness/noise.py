@@ -87,12 +87,14 @@ class NoiseLog:
 
     cvs: dict[str, float] = field(default_factory=dict)  # coefficient of variation (std / mean), recorded
     spreads: dict[str, float] = field(default_factory=dict)  # robust spread, judged
-    busy: float = 0.0  # the most other cores busy during any series
+    busy: float | None = None  # the most other cores busy during any series timed on this host
 
-    def add(self, name: str, cv: float, spread: float, load: Load) -> None:
-        """Record series `name`: its coefficient of variation, its robust spread and the load while it ran."""
+    def add(self, name: str, cv: float, spread: float, load: Load | None) -> None:
+        """Record series `name`: its coefficient of variation, its robust spread and this host's load while it ran
+        (None: timed on another machine, e.g. a board over RPC, whose speed this host's load does not change)."""
         self.cvs[name], self.spreads[name] = cv, spread
-        self.busy = max(self.busy, load.other_cores)
+        if load is not None:
+            self.busy = max(self.busy or 0.0, load.other_cores)
 
     def measure(self, name: str, timed: Callable[[], T]) -> T:
         """Run `timed` (a timed series whose result has `.cv` and `.spread`, e.g. `LatencyStats`) under `watch()`
@@ -105,7 +107,7 @@ class NoiseLog:
     def reason(self) -> str | None:
         """Why the measurement is noisy (None when it is not): a busy host, or series with a large spread."""
         parts = []
-        if self.busy > MAX_BUSY:
+        if self.busy is not None and self.busy > MAX_BUSY:
             parts.append(f"host busy: other processes used {self.busy:.2f} cores")
         spread = [f"{name} spread {value:.0%}" for name, value in self.spreads.items() if value > MAX_SPREAD]
         if spread:

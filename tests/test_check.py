@@ -107,6 +107,15 @@ def test_a_noisy_row_is_marked_in_the_printed_table() -> None:
     assert "yes" in text and "noisy: v1_fp32: host busy" in text and "v2_fp32" not in text.split("noisy:")[1]
 
 
+def test_a_series_timed_on_a_board_is_judged_by_its_spread_alone() -> None:
+    """A board over RPC (an emulated one's qemu included) does its own timing: this host's load says nothing."""
+    log = NoiseLog()
+    log.add("tvm", 0.05, 0.03, None)
+    assert log.busy is None and log.reason() is None
+    log.add("tvm", 0.4, 0.2, None)
+    assert log.reason() == "tvm spread 20% (1.48·MAD/median > 10%)"
+
+
 def _row(**kw: object) -> Row:
     base = dict(recipe="v1_fp32", device="x86", target="llvm -mcpu=x86-64-v3", threads=2, batch=1,
                 tvm_version="0.27", torch_version="2.14", vs_ort=1.2, top1=0.95, top5=None, params=10, macs=100,

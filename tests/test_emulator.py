@@ -41,6 +41,7 @@ def test_run_on_an_emulated_board_matches_x86(boards, write_recipe, tmp_path, st
     rows = _rows(results)
     x86, rpi4 = (rows[rows["device"] == device].iloc[-1] for device in ("x86", "rpi4"))  # the recipe's own rows
     assert rpi4["device"] == "rpi4" and rpi4["remote"] and rpi4["emulated"]
+    assert pd.isna(rpi4["host_busy"]) and not pd.isna(x86["host_busy"])  # the host's load is not the board's
     assert rpi4["board"] in {b.name for b in boards}
     assert abs(rpi4["top1"] - x86["top1"]) <= 0.005
     assert '"mcpu": "cortex-a72"' in rpi4["target"]
