@@ -173,17 +173,17 @@ def _rows(series: list[_Series], stats: list[LatencyStats], load: Load, profile:
     return rows
 
 
-def with_fp32_ratios(rows: list[Row]) -> list[Row]:
-    """`rows` with `vs_fp32` on rows of a quantized model: latency / the same runtime's on the fp32 model
-    benched alongside.
+def with_fp32_ratios(rows: list[Row], twins: list[str]) -> list[Row]:
+    """`rows` with `vs_fp32` on rows of a quantized model: latency / the same runtime's on its fp32 model benched
+    alongside. `twins[i]`: row i's recipe's `_float_twin` (a pruned fp32 model of the same network is another
+    model: it has a twin of its own).
 
     The int8 "(float QDQ)" variants compare with the fp32 row of the same schedules ("tvm untuned"/"tvm tuned").
     """
-    fp32 = {(r.model, r.width_mult, r.resolution, r.runtime): r.latency_ms_median for r in rows if r.dtype == "fp32"}
+    fp32 = {(twin, r.runtime): r.latency_ms_median for r, twin in zip(rows, twins, strict=True) if r.dtype == "fp32"}
     out = []
-    for row in rows:
-        runtime = (row.runtime or "").removesuffix(" (float QDQ)")
-        reference = fp32.get((row.model, row.width_mult, row.resolution, runtime))
+    for row, twin in zip(rows, twins, strict=True):
+        reference = fp32.get((twin, (row.runtime or "").removesuffix(" (float QDQ)")))
         out.append(replace(row, vs_fp32=row.latency_ms_median / reference
                            if reference and row.dtype != "fp32" else None))
     return out
@@ -238,7 +238,8 @@ def bench(recipes: list[Recipe], profile: DeviceProfile, *, repeats: int = 30, w
     series = [_Series(p, name, replace(p.recipe.measure, repeats=repeats)) for p in prepared for name in p.calls]
     log.info("timing %d series of %d recipes interleaved, %d rounds", len(series), len(recipes), repeats)
     stats, load = time_interleaved(series, progress)
-    rows = with_fp32_ratios(_rows(series, stats, load, profile, conditions))
+    rows = with_fp32_ratios(_rows(series, stats, load, profile, conditions),
+                            [_float_twin(one.runners.recipe) for one in series])
     path = write_table(rows, ws.root / "bench" / f"{run_id}.csv")
     tuned = [(p, p.tuned) for p in prepared if p.tuned is not None]
     return BenchResult(rows=rows, path=path, layer_kinds=_layer_kinds(tuned, profile.thread_count))

@@ -26,9 +26,11 @@ def test_int8_rows_get_their_ratio_to_the_matching_fp32_row() -> None:
     rows = [_row("fp32", "tvm untuned", 400.0), _row("fp32", "onnxruntime", 4.0),
             _row("int8", "tvm untuned", 100.0), _row("int8", "tvm untuned (float QDQ)", 500.0),
             _row("int8", "onnxruntime", 3.0), _row("int8", "tvm tuned", 10.0),  # no fp32 tuned row benched
-            _row("int8", "tvm untuned", 50.0, width=0.5)]  # another model: no fp32 row
-    assert [r.vs_fp32 for r in with_fp32_ratios(rows)] == [None, None, pytest.approx(0.25), pytest.approx(1.25),
-                                                          pytest.approx(0.75), None, None]
+            _row("int8", "tvm untuned", 50.0, width=0.5),  # another model: no fp32 row
+            _row("fp32", "onnxruntime", 2.0)]  # a pruned fp32 model of the same network, benched after: not the twin
+    twins = ["v1", "v1", "v1", "v1", "v1", "v1", "v1 α0.5", "v1 pruned"]
+    assert [r.vs_fp32 for r in with_fp32_ratios(rows, twins)] == [
+        None, None, pytest.approx(0.25), pytest.approx(1.25), pytest.approx(0.75), None, None, None]
 
 
 def test_bench_rows_carry_the_run_conditions_and_the_table_column_names() -> None:
