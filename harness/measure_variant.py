@@ -111,11 +111,8 @@ def measure_variant(compiled: Compiled, profile: DeviceProfile, splits: DataSpli
         spec = replace(spec, repeats=EMULATED_REPEATS, warmup=min(spec.warmup, 1))
     log.info("top-1 %.4f; timing %d repeats", acc.top1, spec.repeats)
     noise = NoiseLog()
-    if profile.is_remote:  # timed on the board: this host's load is not the board's (nor, emulated, is qemu's work)
-        lat = latency_stats(executor.time(batch, spec))
-        noise.add("tvm", lat.cv, lat.spread, None)
-    else:
-        lat = noise.measure("tvm", lambda: latency_stats(executor.time(batch, spec)))
+    # on a board, this host's load is not the board's (nor, emulated, is qemu's work: it is what is timed)
+    lat = noise.measure("tvm", lambda: latency_stats(executor.time(batch, spec)), on_this_host=not profile.is_remote)
     threads = profile.thread_count
     peers: dict[str, Any] = {}
     if spec.peers and not profile.is_remote:

@@ -96,9 +96,13 @@ class NoiseLog:
         if load is not None:
             self.busy = max(self.busy or 0.0, load.other_cores)
 
-    def measure(self, name: str, timed: Callable[[], T]) -> T:
-        """Run `timed` (a timed series whose result has `.cv` and `.spread`, e.g. `LatencyStats`) under `watch()`
-        and record it as series `name`; returns its result."""
+    def measure(self, name: str, timed: Callable[[], T], *, on_this_host: bool = True) -> T:
+        """Run `timed` (a timed series whose result has `.cv` and `.spread`, e.g. `LatencyStats`) and record it as
+        series `name`, with this host's load (`watch()`) unless it times another machine; returns its result."""
+        if not on_this_host:
+            result = timed()
+            self.add(name, result.cv, result.spread, None)
+            return result
         with watch() as load:
             result = timed()
         self.add(name, result.cv, result.spread, load)

@@ -30,21 +30,23 @@ class DeviceUnreachable(HarnessError):
     """No board of the profile could be reached (nothing measured)."""
 
 
-def _check_port(host: str, port: int, what: str, profile: DeviceProfile, timeout: float = 3.0) -> None:
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        raise DeviceUnreachable(f"device {profile.name}: cannot reach {what} {host}:{port} ({exc.strerror or exc}); "
-                                + HOW_TO_ATTACH.format(name=profile.name)) from None
+def _probe(host: str, port: int, timeout: float = 3.0) -> None:
+    """Connect and close: OSError at once when nothing listens there (TVM's own connects retry for 60 s, warning
+    every 5 s)."""
+    socket.create_connection((host, port), timeout=timeout).close()
+
+
+def _unreachable(profile: DeviceProfile, what: str, host: str, port: int, exc: OSError) -> DeviceUnreachable:
+    return DeviceUnreachable(f"device {profile.name}: cannot reach {what} {host}:{port} ({exc.strerror or exc}); "
+                             + HOW_TO_ATTACH.format(name=profile.name))
 
 
 def tracker_devices(host: str, port: int, key: str) -> int:
-    """How many RPC servers of `key` are registered with the tracker at host:port (free or busy).
-
-    Raises OSError at once when nothing listens there (TVM's own connect retries for 60 s, warning every 5 s)."""
+    """How many RPC servers of `key` are registered with the tracker at host:port (free or busy); OSError at once
+    when nothing listens there."""
     from tvm import rpc
 
-    socket.create_connection((host, port), timeout=3.0).close()
+    _probe(host, port)
     summary = rpc.connect_tracker(host, port).summary()
     return sum(1 for server in summary.get("server_info", []) if server.get("key", "").split(":")[-1] == key)
 
@@ -84,14 +86,20 @@ def _connect(profile: DeviceProfile) -> Any:
     try:
         if remote.direct is not None:
             host, port = parse_hostport(remote.direct, f"device {profile.name} rpc")
-            _check_port(host, port, "RPC server", profile)
+            try:
+                _probe(host, port)
+            except OSError as exc:
+                raise _unreachable(profile, "RPC server", host, port, exc) from None
             return rpc.connect(host, port, session_timeout=timeout)
         if remote.tracker is None:
             raise HarnessError(f"device {profile.name}: no tracker or RPC address; " + HOW_TO_ATTACH.format(
                 name=profile.name))
         host, port = parse_hostport(remote.tracker, f"device {profile.name} tracker")
-        _check_port(host, port, "RPC tracker", profile)
-        if tracker_devices(host, port, remote.key) == 0:
+        try:
+            boards = tracker_devices(host, port, remote.key)
+        except OSError as exc:
+            raise _unreachable(profile, "RPC tracker", host, port, exc) from None
+        if boards == 0:
             raise DeviceUnreachable(f"device {profile.name}: the tracker at {host}:{port} has no board with key "
                                     f"{remote.key!r}; " + HOW_TO_ATTACH.format(name=profile.name))
         return rpc.connect_tracker(host, port).request(remote.key, priority=remote.priority,
