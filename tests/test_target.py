@@ -1,10 +1,22 @@
 """Portable CPU targets: ISA levels from CPU features, readable database keys, thread counts."""
 
+import re
 from dataclasses import replace
 
+import numpy as np
 import pytest
+import tvm
+from tvm import s_tir, te
 
-from harness.compile.target import X86_64_V3, X86_64_V4, build_target, portable_x86, target_key, target_spec
+from harness.compile.target import (
+    X86_64_V3,
+    X86_64_V4,
+    build_target,
+    native_x86,
+    portable_x86,
+    target_key,
+    target_spec,
+)
 from harness.device import load_device, physical_cores
 from harness.errors import HarnessError
 
@@ -48,7 +60,46 @@ def test_portable_target_builds_with_the_level_and_its_features() -> None:
 def test_native_profile_keeps_the_cpu_model() -> None:
     spec = target_spec(load_device("x86-native"))
     assert spec["mcpu"] not in ("native", "x86-64-v3", "x86-64-v4")
-    assert target_key(spec) == f"{spec['mcpu']}-t2"
+    assert re.fullmatch(rf"{spec['mcpu']}(-mattr-[0-9a-f]{{8}})?-t2", target_key(spec))
+
+
+def test_native_features_are_the_hosts_where_its_model_name_says_otherwise() -> None:
+    """A VM may hide AVX-512 from a CPU model that has it; a hypervisor may report an older model."""
+    hidden = native_x86("sapphirerapids", ZEN3)
+    assert hidden["mcpu"] == "sapphirerapids"
+    assert {"-avx512f", "-avx512vnni", "-amx-int8", "-avxvnni"} <= set(hidden["mattr"])
+    assert not {"-avx", "-avx2", "-fma", "-f16c"} & set(hidden["mattr"])
+    ice_lake = {"avx512ifma", "avx512vbmi", "avx512_vbmi2", "avx512_bitalg", "avx512_vpopcntdq"}
+    assert native_x86("rocketlake", SAPPHIRE_RAPIDS | ice_lake | {"amx_int8"}) == \
+        {"mcpu": "rocketlake", "mattr": ["+amx-int8", "+amx-tile", "+avx512bf16"]}
+    assert native_x86("znver4", ZEN4 | ice_lake) == {"mcpu": "znver4"}
+    key = target_key({"kind": "llvm", **hidden, "num-cores": 2})
+    assert re.fullmatch(r"sapphirerapids-mattr-[0-9a-f]{8}-t2", key)
+
+
+def _vector_kernel(target: tvm.target.Target) -> tvm.runtime.Executable:
+    """A 16-lane float32 kernel, b = a² + 1, built for `target`."""
+    a = te.placeholder((256,), "float32", name="a")
+    sch = s_tir.Schedule(te.create_prim_func([a, te.compute((256,), lambda i: a[i] * a[i] + 1.0, name="b")]))
+    (loop,) = sch.get_loops(sch.get_sblock("b"))
+    sch.vectorize(sch.split(loop, [None, 16])[1])
+    return tvm.compile(sch.mod, target=target)
+
+
+@pytest.mark.parametrize("cpu", ["sapphirerapids", "host"])
+def test_native_code_for_a_cpu_that_hides_avx512_runs_without_it(cpu: str) -> None:
+    """A CPU model with AVX-512 (or this host's) reporting only AVX2's flags: no AVX-512 register in the code,
+    which runs on every x86-64-v3 host; the model's own features alone would use them."""
+    native = load_device("x86-native")
+    spec = target_spec(native, X86_64_V3) if cpu == "host" else {"kind": "llvm", **native_x86(cpu, X86_64_V3)}
+    built = _vector_kernel(build_target(replace(native, target=spec)))
+    assert "zmm" not in built.mod.inspect_source("asm")
+    x, y = (tvm.runtime.tensor(np.arange(256, dtype="float32")), tvm.runtime.tensor(np.zeros(256, "float32")))
+    built(x, y)
+    np.testing.assert_allclose(y.numpy(), np.arange(256) ** 2 + 1.0)
+    if cpu != "host":
+        model_only = _vector_kernel(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
+        assert "zmm" in model_only.mod.inspect_source("asm")
 
 
 def test_auto_threads_are_the_physical_cores(tmp_path) -> None:

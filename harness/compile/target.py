@@ -4,7 +4,8 @@ A CPU profile names its `mcpu` in one of three ways:
 * `portable` (x86): the host's x86-64 ISA level — `x86-64-v3` (AVX2, FMA), `x86-64-v4` (AVX-512), or
   `x86-64-v4` with AVX-512 VNNI — so a database tuned on one CPU of a level serves every CPU of that
   level, Intel or AMD;
-* `native`: the host's own CPU model as LLVM names it (the last few per cent, on this machine only);
+* `native`: the host's own CPU model as LLVM names it, with the vector extensions the host reports where they
+  differ from that model's (the last few per cent, on this machine only);
 * an explicit LLVM CPU name (`cortex-a72`), for boards.
 """
 
@@ -29,6 +30,15 @@ NATIVE = "native"
 X86_64_V3 = frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"})
 X86_64_V4 = frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"})
 VNNI = "avx512_vnni"
+# The vector extensions that decide which instructions LLVM may emit: Linux /proc/cpuinfo name → LLVM's.
+VECTOR_FEATURES = {
+    "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512bw": "avx512bw",
+    "avx512cd": "avx512cd", "avx512dq": "avx512dq", "avx512vl": "avx512vl", VNNI: "avx512vnni",
+    "avx512_bf16": "avx512bf16", "avx512_fp16": "avx512fp16", "avx512ifma": "avx512ifma",
+    "avx512vbmi": "avx512vbmi", "avx512_vbmi2": "avx512vbmi2", "avx512_bitalg": "avx512bitalg",
+    "avx512_vpopcntdq": "avx512vpopcntdq", "avx_vnni": "avxvnni", "amx_tile": "amx-tile", "amx_int8": "amx-int8",
+    "amx_bf16": "amx-bf16",
+}
 
 
 def host_cpu_flags() -> frozenset[str]:
@@ -60,17 +70,36 @@ def portable_x86(flags: Collection[str]) -> dict[str, Any]:
     return {"mcpu": "x86-64-v4"}
 
 
+def native_x86(cpu: str, flags: Collection[str]) -> dict[str, Any]:
+    """`cpu` (LLVM's name for this host's model), with `mattr` turning off the vector extensions that model has
+    and the host does not report (a VM may hide AVX-512 or AMX; code using them would die on an illegal
+    instruction) and on those the host has beyond it (a hypervisor may report an older model), as clang's
+    `-march=native` does."""
+    named = {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm",
+                                                                                           "mcpu": cpu}))}
+    have = {VECTOR_FEATURES[flag] for flag in flags if flag in VECTOR_FEATURES}
+    off = sorted(named & set(VECTOR_FEATURES.values()) - have)
+    on = sorted(have - named)
+    mattr = [f"-{name}" for name in off] + [f"+{name}" for name in on]
+    return {"mcpu": cpu, "mattr": mattr} if mattr else {"mcpu": cpu}
+
+
 def resolve_target_dict(spec: dict[str, Any], flags: Collection[str] | None = None) -> dict[str, Any]:
-    """Replace `mcpu: portable` with the host's ISA level and `mcpu: native` with its CPU name."""
+    """Replace `mcpu: portable` with the host's ISA level and `mcpu: native` with its CPU name (on x86, with
+    the vector extensions it reports), keeping the profile's own `mattr` after theirs."""
     resolved = dict(spec)
     if resolved.get("mcpu") == PORTABLE:
         extra = portable_x86(host_cpu_flags() if flags is None else flags)
-        attrs = [*extra.get("mattr", []), *(resolved.get("mattr") or [])]
-        resolved.update(extra)
-        if attrs:
-            resolved["mattr"] = attrs
     elif resolved.get("mcpu") == NATIVE:
-        resolved["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+        cpu, flags = tvm.target.codegen.llvm_get_system_cpu(), host_cpu_flags() if flags is None else flags
+        x86 = tvm.target.codegen.llvm_get_system_triple().startswith("x86_64") and flags
+        extra = native_x86(cpu, flags) if x86 else {"mcpu": cpu}
+    else:
+        return resolved
+    attrs = [*extra.get("mattr", []), *(resolved.get("mattr") or [])]
+    resolved.update(extra)
+    if attrs:
+        resolved["mattr"] = attrs
     return resolved
 
 
@@ -134,7 +163,8 @@ _KNOWN = {"kind", "mcpu", "mattr", "mtriple", "num-cores", "arch", "host", "keys
 def target_key(spec: dict[str, Any]) -> str:
     """A readable folder name for a resolved target dict, e.g. `x86-64-v4-vnni-t2` or `aarch64-cortex-a72-t4`.
 
-    It names what shapes tuned schedules: the CPU (level or model), the instruction extensions asked for,
+    It names what shapes tuned schedules: the CPU (level or model), the instruction extensions asked for
+    (up to three added ones by name, more, or any turned off, by a hash),
     the foreign architecture and the thread count (MetaSchedule's parallel extents); for GPUs the arch.
     Target attributes beyond those add a short hash, so two different targets never share a key.
     """
@@ -144,12 +174,19 @@ def target_key(spec: dict[str, Any]) -> str:
     parts.append(str(spec.get("mcpu") or spec.get("tag") or spec.get("kind", "target")).replace("/", "-"))
     if spec.get("kind") not in (None, "llvm") and spec.get("arch"):
         parts.append(str(spec["arch"]))
-    for attr in spec.get("mattr", []):
-        name = str(attr).lstrip("+")
-        parts.append(name.removeprefix("avx512") if name.startswith("avx512") and len(name) > 6 else name)
+    mattr = [str(attr) for attr in spec.get("mattr", [])]
+    if len(mattr) <= 3 and not any(attr.startswith("-") for attr in mattr):
+        for name in (attr.lstrip("+") for attr in mattr):
+            parts.append(name.removeprefix("avx512") if name.startswith("avx512") and len(name) > 6 else name)
+    elif mattr:  # e.g. a masked CPU's native features: named by a hash, not a dozen parts
+        parts.append(f"mattr-{_short_hash(mattr)}")
     if "num-cores" in spec:
         parts.append(f"t{spec['num-cores']}")
     rest = {k: v for k, v in spec.items() if k not in _KNOWN}
     if rest:
-        parts.append(hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8])
+        parts.append(_short_hash(rest))
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts))
+
+
+def _short_hash(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
