@@ -41,6 +41,8 @@ def test_isa_level_from_cpu_features(flags: set[str], expected: dict) -> None:
 def test_below_x86_64_v3_is_a_clear_error() -> None:
     with pytest.raises(HarnessError, match=r"below x86-64-v3 \(lacks .*avx2.*\).*x86-native"):
         portable_x86(SANDY_BRIDGE)
+    with pytest.raises(HarnessError, match=r"cannot read this host's x86 CPU flags.*x86-native"):
+        portable_x86(set())
 
 
 def test_intel_and_amd_cpus_of_a_level_share_a_key_and_threads_do_not() -> None:

@@ -42,7 +42,7 @@ VECTOR_FEATURES = {
 
 
 def host_cpu_flags() -> frozenset[str]:
-    """This host's CPU feature flags (Linux /proc/cpuinfo names), or LLVM's view of them elsewhere."""
+    """This host's CPU feature flags as Linux /proc/cpuinfo names them (empty where it has none)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
@@ -50,15 +50,15 @@ def host_cpu_flags() -> frozenset[str]:
                     return frozenset(line.partition(":")[2].split())
     except OSError:
         pass
-    features = tvm.target.codegen.llvm_get_system_cpu_features() if hasattr(
-        tvm.target.codegen, "llvm_get_system_cpu_features") else {}
-    aliases = {"avx512vnni": VNNI, "lzcnt": "abm"}
-    return frozenset(aliases.get(name, name) for name, on in dict(features).items() if on)
+    return frozenset()
 
 
 def portable_x86(flags: Collection[str]) -> dict[str, Any]:
     """The `mcpu`/`mattr` of the highest x86-64 level that CPU feature `flags` reach (v3 at least)."""
     have = set(flags)
+    if not have:
+        raise HarnessError("cannot read this host's x86 CPU flags (/proc/cpuinfo), which the portable x86 profile "
+                           "needs: use a profile with an explicit `mcpu`, e.g. --device x86-native")
     if not X86_64_V3 <= have:
         missing = ", ".join(sorted(X86_64_V3 - have))
         raise HarnessError(f"this CPU is below x86-64-v3 (lacks {missing}); the portable x86 profile needs AVX2 "
