@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -99,11 +99,7 @@ class NoiseLog:
     def measure(self, name: str, timed: Callable[[], T], *, on_this_host: bool = True) -> T:
         """Run `timed` (a timed series whose result has `.cv` and `.spread`, e.g. `LatencyStats`) and record it as
         series `name`, with this host's load (`watch()`) unless it times another machine; returns its result."""
-        if not on_this_host:
-            result = timed()
-            self.add(name, result.cv, result.spread, None)
-            return result
-        with watch() as load:
+        with watch() if on_this_host else nullcontext() as load:
             result = timed()
         self.add(name, result.cv, result.spread, load)
         return result

@@ -75,8 +75,7 @@ def native_x86(cpu: str, flags: Collection[str]) -> dict[str, Any]:
     and the host does not report (a VM may hide AVX-512 or AMX; code using them would die on an illegal
     instruction) and on those the host has beyond it (a hypervisor may report an older model), as clang's
     `-march=native` does."""
-    named = {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm",
-                                                                                           "mcpu": cpu}))}
+    named = _cpu_features(cpu)
     have = {VECTOR_FEATURES[flag] for flag in flags if flag in VECTOR_FEATURES}
     off = sorted(named & set(VECTOR_FEATURES.values()) - have)
     on = sorted(have - named)
@@ -114,11 +113,17 @@ def target_spec(profile: DeviceProfile, flags: Collection[str] | None = None) ->
 
 
 @functools.cache
+def _cpu_features(cpu: str, triple: str | None = None) -> frozenset[str]:
+    """The features LLVM enables for CPU model `cpu` (of `triple`; default: this host's)."""
+    spec = {"kind": "llvm", "mcpu": cpu} | ({"mtriple": triple} if triple else {})
+    return frozenset(str(name) for name in tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target(spec)))
+
+
+@functools.cache
 def _llvm_features(triple: str) -> frozenset[str]:
     """Every feature LLVM enables on some CPU of `triple` (LLVM has no list of all features)."""
     cpus = tvm.target.codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple}))
-    return frozenset(name for cpu in cpus for name in tvm.target.codegen.llvm_get_cpu_features(
-        tvm.target.Target({"kind": "llvm", "mtriple": triple, "mcpu": str(cpu)})))
+    return frozenset(name for cpu in cpus for name in _cpu_features(str(cpu), triple))
 
 
 def _check_llvm(profile: DeviceProfile, target: tvm.target.Target) -> None:
