@@ -21,6 +21,7 @@ from torch import nn
 from harness import cache
 from harness.compile import Artifact, compile_onnx
 from harness.compile.database import database_fingerprint
+from harness.compile.provenance import timing_machine
 from harness.compile.target import build_target, target_json
 from harness.compress import StepContext, make_step
 from harness.data import DataSplits
@@ -224,6 +225,7 @@ def compile_variant(exported: Exported, profile: DeviceProfile, ws: Workspace, d
     lib = ws.artifact_path(exported.key, profile.name, target_json(build_target(profile)),
                            {"options": options, "layout": profile.layout,
                             "tuning": database_fingerprint(database) if database is not None else None,
+                            "timed_on": timing_machine(profile) if database is not None else None,
                             "input_shape": list(exported.onnx.input_shape)})
     with cache.locked(lib):
         artifact = Artifact.load_meta(lib)

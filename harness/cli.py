@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="time budget (default none); stops at whichever of trials/minutes comes first")
     tune.add_argument("--refine", action="store_true",
                       help="tune the named recipes' kernels again too, continuing from their best schedules "
-                           "(their references only where they have none; with --shipped, every kernel)")
+                           "(their references only where they have none; with --shipped, every kernel); their "
+                           "records are first re-timed here, as with --remeasure")
     tune.add_argument("--remeasure", action="store_true",
                       help="first time the records of the named recipes' kernels (with --shipped or alone: every "
                            "record of the device's database) again here, on the profile's threads (or on its board), "

@@ -65,7 +65,7 @@ def tune(args: argparse.Namespace) -> int:
     recipes = [load_recipe(r) for r in args.recipe]
     from harness.tune import refresh_shipped, remeasure_database, tune_recipes, tuning_database
 
-    if args.remeasure:
+    if args.remeasure or (args.refine and (args.shipped or recipes)):  # a refine competes with this machine's times
         report = remeasure_database(profile, ws, recipes or None, progress=not args.quiet)
         print(f"{tuning_database(profile, ws)}: {report.summary()}")
         if not (args.shipped or recipes):

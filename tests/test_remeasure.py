@@ -8,8 +8,9 @@ import torch
 import yaml
 from conftest import TINY_RECIPE, postprocessed_spaces, run_cli
 
-from harness.compile import database, import_onnx, remeasure
+from harness.compile import database, import_onnx, records, remeasure
 from harness.compile.kernels import extract_tasks
+from harness.compile.provenance import TAG, host_machine, timed_on, timing_machine
 from harness.compile.target import build_target, target_key, target_spec
 from harness.device import load_device
 from harness.export import export_onnx
@@ -49,20 +50,28 @@ def _commit(db_path: Path, workload, records) -> None:  # noqa: ANN001
         db.commit_tuning_record(ms.database.TuningRecord(trace, entry, secs, target, args))
 
 
-def _times(db_path: Path) -> list[float]:
-    return sorted(float(r.run_secs[0]) for r in database.open_database(db_path).get_all_tuning_records())
+def _times(db_path: Path, machine: str | None | bool = False) -> list[float]:
+    """The records' times: all of them, or (with `machine`) those timed on that machine (None: on none named)."""
+    return sorted(float(r.run_secs[0]) for r in database.open_database(db_path).get_all_tuning_records()
+                  if machine is False or timed_on(r) == machine)
 
 
-def test_every_record_gets_a_time_measured_here(conv_workload, tmp_path: Path) -> None:
+def test_every_schedule_gets_this_machines_time_beside_the_others(conv_workload, tmp_path: Path) -> None:
+    """Records timed elsewhere keep their times; this machine's copies get its own, and a second re-measure
+    re-times those copies instead of adding more."""
     workload, profile = conv_workload
     _commit(tmp_path, workload, _records(workload, profile, 2, FAKE_SECS))
     workloads = (tmp_path / database.WORKLOADS).read_bytes()
     report = remeasure.remeasure(tmp_path, build_target(profile), profile, progress=False)
     assert (report.records, report.failed, report.kernels) == (2, 0, 1)
-    times = _times(tmp_path)
-    assert len(times) == 2 and all(0 < t < 0.01 for t in times)  # a 16x16x8 convolution: microseconds
+    here = _times(tmp_path, host_machine())
+    assert len(here) == 2 and all(0 < t < 0.01 for t in here)  # a 16x16x8 convolution: microseconds
+    assert _times(tmp_path, None) == [FAKE_SECS, FAKE_SECS]  # the records of the machine they came from
     # the workload file, whose line numbers a tuning session with the database open appends by, is untouched
     assert (tmp_path / database.WORKLOADS).read_bytes() == workloads
+    assert remeasure.remeasure(tmp_path, build_target(profile), profile, progress=False).records == 2
+    again = _times(tmp_path, host_machine())
+    assert len(again) == 2 and again != here and len(_times(tmp_path)) == 4
 
 
 def test_given_kernels_only_their_records_are_timed(conv_workload, tmp_path: Path) -> None:
@@ -75,8 +84,9 @@ def test_given_kernels_only_their_records_are_timed(conv_workload, tmp_path: Pat
     report = remeasure.remeasure(tmp_path / "db", build_target(profile), profile, kernels=[other.dispatched[0]],
                                  progress=False)
     assert (report.records, report.kernels) == (1, 1)
-    times = _times(tmp_path / "db")
-    assert times[0] < 0.01 and times[1] == FAKE_SECS  # the other kernel's record keeps its time
+    here = _times(tmp_path / "db", host_machine())
+    assert len(here) == 1 and here[0] < 0.01  # the other kernel's record got no copy
+    assert _times(tmp_path / "db", None) == [FAKE_SECS, FAKE_SECS]
 
 
 def test_when_no_record_runs_it_stops_with_the_reason_and_changes_nothing(conv_workload, tmp_path: Path) -> None:
@@ -102,8 +112,9 @@ def test_a_record_that_does_not_run_keeps_its_time(conv_workload, tmp_path: Path
     _commit(tmp_path, workload, [good, (trace, [0.123], target, wrong)])
     report = remeasure.remeasure(tmp_path, build_target(profile), profile, progress=False)
     assert report.failed == 1 and "1 failed" in report.summary()
-    times = _times(tmp_path)
-    assert times[1] == pytest.approx(0.123) and times[0] < 0.01
+    assert _times(tmp_path, None) == [pytest.approx(0.123), FAKE_SECS]
+    here = _times(tmp_path, host_machine())
+    assert len(here) == 1 and here[0] < 0.01
 
 
 def test_records_committed_meanwhile_are_kept(conv_workload, tmp_path: Path, monkeypatch) -> None:
@@ -122,7 +133,7 @@ def test_records_committed_meanwhile_are_kept(conv_workload, tmp_path: Path, mon
     monkeypatch.setattr(remeasure, "_measure", measure_then_commit)
     remeasure.remeasure(tmp_path, build_target(profile), profile, progress=False)
     times = _times(tmp_path)
-    assert len(times) == 2 and times[0] < 0.01 and times[1] == pytest.approx(0.25)
+    assert len(times) == 3 and times[0] < 0.01 and times[1:] == [pytest.approx(0.25), FAKE_SECS]
 
 
 # ~1 min: four CLI runs that each re-time in worker processes; CI runs it (.ci/run, slow set)
@@ -162,3 +173,55 @@ def test_a_newer_shipped_database_replaces_the_times_of_the_schedules_it_shares(
     (tmp_path / "ws" / database.SEEDED).write_text("older\n")
     database.seed(tmp_path / "ws", database.shipped_dir("key", tmp_path / "shipped"))
     assert _times(tmp_path / "ws") == [pytest.approx(0.002), pytest.approx(0.3)]
+
+
+def _stamped(record, machine: str, secs: float):  # noqa: ANN001, ANN202
+    """`record` (a `_records` tuple) timed on `machine` in `secs`."""
+    import tvm
+
+    trace, _, target, args = record
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(target.export()).items()}
+    return trace, [secs], tvm.target.Target({**config, "tag": TAG + machine}), args
+
+
+def test_a_build_takes_the_records_timed_on_its_machine(conv_workload, tmp_path: Path) -> None:
+    """Times from two machines do not rank schedules: a kernel this machine timed uses its own fastest record,
+    though another machine's looks faster; a machine that timed none takes the records of the machine that timed
+    most of the database (here the unnamed one), though another's look faster still."""
+    workload, profile = conv_workload
+    first, second, third = _records(workload, profile, 3, 0.003)
+    _commit(tmp_path, workload, [first, (second[0], [0.004], *second[2:]), _stamped(third, "zen9", 0.001)])
+
+    def chosen(machine: str | None) -> str:
+        db = database.records_for(tmp_path, [workload], machine)
+        return str(db.query_tuning_record(workload, build_target(profile), "main").trace)
+
+    assert chosen("zen9") == str(third[0])
+    assert chosen("xeon9") == chosen(None) == str(first[0])
+
+
+def test_compaction_keeps_each_machines_best(conv_workload, tmp_path: Path) -> None:
+    workload, profile = conv_workload
+    first, second, third = _records(workload, profile, 3, 0.001)
+    slow = [_stamped(r, "zen9", secs) for r, secs in ((first, 0.5), (second, 0.7), (third, 0.9))]
+    _commit(tmp_path, workload, [first, (second[0], [0.002], *second[2:]), (third[0], [0.003], *third[2:]), *slow])
+    assert database.compact(tmp_path, keep=2) == 4
+    assert _times(tmp_path, None) == [0.001, 0.002] and _times(tmp_path, "zen9") == [0.5, 0.7]
+
+
+def test_records_a_tuning_session_appends_name_this_machine(conv_workload, tmp_path: Path) -> None:
+    workload, profile = conv_workload
+    old, new, stamped = _records(workload, profile, 3, 0.001)
+    _commit(tmp_path, workload, [old])
+    before = records.complete_lines(tmp_path)
+    _commit(tmp_path, workload, [new, _stamped(stamped, "zen9", 0.002)])
+    assert records.stamp_appended(tmp_path, before, "xeon9") == 1
+    assert _times(tmp_path, None) == [0.001] and _times(tmp_path, "xeon9") == [0.001]
+    assert _times(tmp_path, "zen9") == [0.002]
+    lines = (tmp_path / database.RECORDS).read_text().splitlines()
+    assert [records.machine_named(line) for line in lines] == [None, "xeon9", "zen9"]
+
+
+def test_the_timing_machine_is_this_cpu_here_and_the_profile_on_a_board() -> None:
+    assert timing_machine(load_device("x86")) == host_machine() and host_machine()
+    assert timing_machine(load_device("rpi4")) == "rpi4"  # cross-compiled: timed on the board

@@ -24,6 +24,7 @@ from harness.compile.integer import integerize, qdq_as_elementwise
 from harness.compile.intrinsics import DotProduct, dot_product
 from harness.compile.layout import clip_as_relax_ops, convert_layout, transposes_apart
 from harness.compile.packing import dot_product_layout
+from harness.compile.provenance import timing_machine
 from harness.compile.target import build_target, target_json
 from harness.device import ConvLayout, DeviceProfile
 from harness.errors import HarnessError, last_line
@@ -179,7 +180,7 @@ def _build(mod: tvm.IRModule, target: tvm.target.Target, database: Path | None, 
     """Build `mod`, with the tuning database's schedules where it has them; returns (executable, coverage)."""
     tasks = kernels.extract_tasks([mod], target)
     if database is not None and tuning_db.database_fingerprint(database) is not None:
-        db = tuning_db.records_for(database, [t.dispatched[0] for t in tasks])
+        db = tuning_db.records_for(database, [t.dispatched[0] for t in tasks], timing_machine(profile))
         covered = kernels.tasks_coverage(tasks, target, db)
         log.info("building %s for %s with tuned schedules for %s kernels", model.path.name, profile.name, covered)
         return kernels.compile_with_database(mod, target, db), covered

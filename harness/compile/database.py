@@ -14,7 +14,8 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import tvm
@@ -23,12 +24,12 @@ from tvm.s_tir import meta_schedule as ms
 
 from harness import cache
 from harness.compile.intrinsics import register as register_intrinsics
+from harness.compile.provenance import preferred, timed_on
+from harness.compile.records import RECORDS, WORKLOADS, drop_unreplayable, machine_named, record_key
 from harness.errors import HarnessError, last_line
 
 log = logging.getLogger(__name__)
 
-RECORDS = "database_tuning_record.json"
-WORKLOADS = "database_workload.json"
 
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "tuning_db"  # harness/tuning_db/<target key>/
@@ -53,11 +54,6 @@ def _copy_record(record: ms.database.TuningRecord, into: ms.database.Database) -
                                                        record.run_secs, record.target, record.args_info))
 
 
-def record_key(record: ms.database.TuningRecord) -> tuple[int, str]:
-    """What makes two records the same schedule: the kernel (its structural hash) and the trace."""
-    return tvm_ffi.structural_hash(record.workload.mod), str(record.trace)
-
-
 def rewrite(path: Path, records: Iterable[ms.database.TuningRecord]) -> int:
     """Replace the database at `path` by `records`, written beside it, then moved into place; returns the number
     of records. Call it under the database's lock: the workload file is written anew, and a tuning session with
@@ -72,55 +68,6 @@ def rewrite(path: Path, records: Iterable[ms.database.TuningRecord]) -> int:
         (partial / name).replace(path / name)
     shutil.rmtree(partial)
     return count
-
-
-def _edit_records(path: Path, edit: Callable[[str, ms.database.TuningRecord | None], str | None]) -> int:
-    """Rewrite the records file of the database at `path` line by line: `edit(line, record)` gets each complete
-    line and its record (None when the line does not decode: not JSON, no such workload, or a schedule that does
-    not replay on its kernel) and returns the line to write in its place, or None to drop it. A last line without
-    its newline (a record being appended) is kept as it is. Returns how many lines changed or were dropped; only
-    then is the file rewritten (beside it, then moved into place). The workload file and its line numbers, by which
-    a tuning session with the database open appends, stay."""
-    register_intrinsics()
-    workloads = (path / WORKLOADS).read_text().splitlines() if (path / WORKLOADS).is_file() else []
-    decoded: dict[int, ms.database.Workload] = {}
-    lines, edited = [], 0
-    for line in (path / RECORDS).read_text().splitlines(keepends=True) if (path / RECORDS).is_file() else []:
-        if line.endswith("\n"):
-            try:
-                index, fields = json.loads(line)
-                if index not in decoded:
-                    decoded[index] = ms.database.Workload.from_json(json.loads(workloads[index]))
-                record = ms.database.TuningRecord.from_json(fields, decoded[index])
-            except (RuntimeError, IndexError, ValueError):  # no replay, no such workload, not JSON
-                record = None
-            new = edit(line, record)
-            if new != line:
-                edited += 1
-            if new is None:
-                continue
-            line = new
-        lines.append(line)
-    if edited:
-        tmp = path / (RECORDS + ".tmp")
-        tmp.write_text("".join(lines))
-        tmp.replace(path / RECORDS)
-    return edited
-
-
-def retime(path: Path, run_secs: Callable[[ms.database.TuningRecord], Sequence[float] | None]) -> int:
-    """Give the records of the database at `path` the times `run_secs` has for them (None: keep the old time);
-    returns how many changed. Only the records file is rewritten (see `_edit_records`)."""
-
-    def with_time(line: str, record: ms.database.TuningRecord | None) -> str | None:
-        secs = run_secs(record) if record is not None else None
-        if secs is None:
-            return line
-        index, fields = json.loads(line)
-        fields[1] = [float(t) for t in secs]
-        return json.dumps([index, fields], separators=(",", ":")) + "\n"
-
-    return _edit_records(path, with_time)
 
 
 def _shipped_digest(shipped: Path) -> str:
@@ -245,15 +192,10 @@ def open_database(path: Path) -> ms.database.JSONDatabase:
         return load()
 
 
-def drop_unreplayable(path: Path) -> int:
-    """Remove the records of the database at `path` whose schedule does not replay on their kernel; returns how
-    many. Only the records file is rewritten (see `_edit_records`); call it under the database's lock, or where no
-    tuning session has it open."""
-    return _edit_records(path, lambda line, record: line if record is not None else None)
-
-
-def records_for(db_path: Path, mods: Sequence[tvm.IRModule]) -> ms.database.Database:
-    """An in-memory database of the records at `db_path` whose workloads are among `mods`.
+def records_for(db_path: Path, mods: Sequence[tvm.IRModule], machine: str | None = None) -> ms.database.Database:
+    """An in-memory database of the records at `db_path` whose workloads are among `mods`; with `machine`, of
+    each kernel only those timed on it, else those of the machine that timed most of the database
+    (harness.compile.provenance.preferred).
 
     Decoding a workload (a whole TIR module) is what makes opening a large database slow (~20 ms each); the
     workload file names each one by its structural hash first, so only the wanted ones are decoded.
@@ -262,6 +204,8 @@ def records_for(db_path: Path, mods: Sequence[tvm.IRModule]) -> ms.database.Data
     register_intrinsics()
     wanted = {str(tvm_ffi.structural_hash(m)) for m in mods}
     db, by_line = ms.database.MemoryDatabase(), {}
+    found: dict[int, list[ms.database.TuningRecord]] = {}
+    machines: Counter[str | None] = Counter()
     if database_fingerprint(db_path) is None:
         return db
     with cache.locked(db_path):
@@ -271,27 +215,39 @@ def records_for(db_path: Path, mods: Sequence[tvm.IRModule]) -> ms.database.Data
                     by_line[i] = db.commit_workload(ms.database.Workload.from_json(json.loads(line)).mod)
         with open(db_path / RECORDS) as f:
             for line in f:
-                workload = by_line.get(int(line[1:line.index(",")])) if line.endswith("\n") else None
-                if workload is None:
+                machines[machine_named(line)] += 1
+                index = int(line[1:line.index(",")]) if line.endswith("\n") else -1
+                if index not in by_line:
                     continue
                 try:
-                    db.commit_tuning_record(ms.database.TuningRecord.from_json(json.loads(line)[1], workload))
+                    record = ms.database.TuningRecord.from_json(json.loads(line)[1], by_line[index])
                 except RuntimeError:  # a schedule that does not replay on its kernel (see `open_database`)
                     log.warning("tuning database %s: a record whose schedule does not replay on its kernel was "
                                 "skipped", db_path)
+                    continue
+                found.setdefault(index, []).append(record)
+    for records in found.values():
+        for record in preferred(records, machine, machines.most_common(1)[0][0]):
+            db.commit_tuning_record(record)
     return db
 
 
 def compact(path: Path, keep: int = 2) -> int:
-    """Keep only the `keep` fastest records of each workload (MetaSchedule logs every measured candidate).
+    """Keep only the `keep` fastest records of each workload timed on each machine (MetaSchedule logs every
+    measured candidate; harness.compile.provenance).
 
     Makes the database small enough to commit and quick to load; returns the number of records kept.
     """
     db = open_database(path)
-    workloads = {}
     records = db.get_all_tuning_records()
-    for record in records:
-        workloads.setdefault(tvm_ffi.structural_hash(record.workload.mod), record.workload)
-    if len(records) <= keep * len(workloads):
+    workloads = {tvm_ffi.structural_hash(r.workload.mod): r.workload for r in records}
+    kept: list[ms.database.TuningRecord] = []
+    for workload in workloads.values():
+        counts: Counter[str | None] = Counter()
+        for record in db.get_top_k(workload, len(records)):  # the valid ones (a failed run has none), fastest first
+            counts[timed_on(record)] += 1
+            if counts[timed_on(record)] <= keep:
+                kept.append(record)
+    if len(kept) == len(records):
         return len(records)  # already compact: leave the files (and their fingerprint) alone
-    return rewrite(path, [record for workload in workloads.values() for record in db.get_top_k(workload, keep)])
+    return rewrite(path, kept)

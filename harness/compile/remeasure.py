@@ -2,7 +2,8 @@
 
 A record's time is what decides which schedule of a kernel is used (the fastest), and what a `--refine` has to
 beat. Times taken on another CPU of the same ISA level, or on another thread count, rank the kept schedules
-for that machine; re-measuring ranks them for this one, and makes them comparable with new candidates.
+for that machine; re-measuring ranks them for this one (kept as its own copies beside the other machines'
+records: harness.compile.provenance), and makes them comparable with new candidates.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import BuilderInput
 
 from harness import cache, noise
-from harness.compile.database import open_database, record_key, retime
+from harness.compile.database import open_database
+from harness.compile.provenance import timing_machine
+from harness.compile.records import retime, schedule_key
 from harness.compile.runners import runner_for
 from harness.compile.tuning import WarmBuilder, cross_export
 from harness.device import DeviceProfile
@@ -63,7 +66,7 @@ def _build_input(record: ms.database.TuningRecord, target: tvm.target.Target) ->
 
 def _measure(records: list[ms.database.TuningRecord], target: tvm.target.Target, profile: DeviceProfile,
              progress: bool) -> tuple[dict[tuple[int, str], list[float]], float]:
-    """The new time of each record of `records` that built and ran, by `record_key` (its fastest of `ROUNDS`),
+    """The new time of each record of `records` that built and ran, by `schedule_key` (its fastest of `ROUNDS`),
     and the cores other processes kept busy meanwhile (see `harness.noise`).
 
     Every record is built first, then timed once per round, the rounds one after another, so that a slow
@@ -100,7 +103,7 @@ def _measure(records: list[ms.database.TuningRecord], target: tvm.target.Target,
                         for (record, _), future in zip(batch, futures, strict=True):
                             run = future.result()
                             if run.error_msg is None and run.run_secs:
-                                samples.setdefault(record_key(record), []).append(min(map(float, run.run_secs)))
+                                samples.setdefault(schedule_key(record), []).append(min(map(float, run.run_secs)))
                             else:
                                 errors.append(f"run: {last_line(run.error_msg or 'no time')}")
                         if not samples:
@@ -119,7 +122,7 @@ def _fastest(records: list[ms.database.TuningRecord], times: dict[tuple[int, str
     """The fastest record's trace of each kernel, by the given times (the records' own where absent)."""
     best: dict[int, tuple[float, str]] = {}
     for record in records:
-        workload, trace = record_key(record)
+        workload, trace = schedule_key(record)
         secs = times.get((workload, trace), [float(s) for s in record.run_secs or [float("inf")]])
         mean = sum(secs) / len(secs)
         if workload not in best or mean < best[workload][0]:
@@ -129,24 +132,25 @@ def _fastest(records: list[ms.database.TuningRecord], times: dict[tuple[int, str
 
 def remeasure(db_path: Path, target: tvm.target.Target, profile: DeviceProfile, *,
               kernels: Collection[tvm.IRModule] | None = None, progress: bool = True) -> RemeasureReport:
-    """Time every record of the database at `db_path` again with `profile`'s runner (local, on its threads, or
-    on its board) and store the new times; a record that fails to build or run keeps its old time. `kernels`:
-    only the records of these kernels (the others keep their times).
+    """Time every schedule of the database at `db_path` again with `profile`'s runner (local, on its threads, or
+    on its board) and store the new times as that machine's (`provenance.timing_machine`; `records.retime`); a
+    schedule that fails to build or run keeps its old times. `kernels`: only the records of these kernels.
 
     The records file is rewritten at the end, under the database's lock; records another session committed
     meanwhile are kept as they are.
     """
     start = time.monotonic()
     keep = None if kernels is None else {tvm_ffi.structural_hash(k) for k in kernels}
-    records = [r for r in open_database(db_path).get_all_tuning_records()
-               if keep is None or record_key(r)[0] in keep]
+    schedules = {schedule_key(r): r for r in open_database(db_path).get_all_tuning_records()
+                 if keep is None or schedule_key(r)[0] in keep}
+    records = list(schedules.values())  # one per schedule, whichever machines timed it
     if not records:
         return RemeasureReport(records=0, failed=0, kernels=0, reranked=0, seconds=time.monotonic() - start,
                                other_cores=0.0)
     times, other_cores = _measure(records, target, profile, progress)
     with cache.locked(db_path):  # with the records another session committed meanwhile, unchanged
-        retime(db_path, lambda r: times.get(record_key(r)))
+        retime(db_path, lambda r: times.get(schedule_key(r)), timing_machine(profile))
     before, after = _fastest(records, {}), _fastest(records, times)
-    return RemeasureReport(records=len(records), failed=sum(record_key(r) not in times for r in records),
+    return RemeasureReport(records=len(records), failed=sum(schedule_key(r) not in times for r in records),
                            kernels=len(before), reranked=sum(after[w] != t for w, t in before.items()),
                            seconds=time.monotonic() - start, other_cores=other_cores)

@@ -20,6 +20,8 @@ from harness import cache
 from harness.compile.database import compact, database_fingerprint, open_database
 from harness.compile.intrinsics import design_space
 from harness.compile.kernels import is_tuned, merge_tasks, module_tasks, tasks_coverage, workload_hash
+from harness.compile.provenance import host_machine, timing_machine
+from harness.compile.records import complete_lines, stamp_appended
 from harness.compile.runners import local_runner, runner_for, target_threads
 from harness.compile.search import RedrawingSearch
 from harness.device import DeviceProfile
@@ -273,7 +275,7 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
     refined = len(todo) - (len(tasks) - tuned_before)
     log.info("%d tuning tasks, %d already tuned for this target%s", len(tasks), tuned_before,
              f" ({refined} of them refined)" if refined else "")
-    measured, stopped = 0, False
+    measured, stopped, appended_after = 0, False, complete_lines(db_path)
     if todo and trials > 0:
         per_task = max(8, -(-trials // len(todo)))
         deadline = start + 60 * minutes if minutes else None
@@ -308,6 +310,7 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
             measured = session.trials
     if database_fingerprint(db_path) is not None:
         with cache.locked(db_path):  # compiles reading the database wait for the rewrite
+            stamp_appended(db_path, appended_after, timing_machine(profile) if profile is not None else host_machine())
             log.info("kept %d records (the best per kernel) in %s", compact(db_path), db_path)
     return TuneReport(tasks=len(tasks), tasks_tuned_before=tuned_before,
                       trials=measured, seconds=time.monotonic() - start,
