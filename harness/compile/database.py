@@ -31,7 +31,6 @@ from harness.errors import HarnessError, last_line
 log = logging.getLogger(__name__)
 
 
-
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "tuning_db"  # harness/tuning_db/<target key>/
 PACKED = ".xz"  # shipped files: MetaSchedule's JSON files, xz-compressed (base64 JSON packs ~100x)
 SEEDED = "shipped.sha256"  # in a workspace database: digest of the shipped files last merged into it
@@ -226,8 +225,9 @@ def records_for(db_path: Path, mods: Sequence[tvm.IRModule], machine: str | None
                                 "skipped", db_path)
                     continue
                 found.setdefault(index, []).append(record)
+    primary = machines.most_common(1)[0][0] if machines else None
     for records in found.values():
-        for record in preferred(records, machine, machines.most_common(1)[0][0]):
+        for record in preferred(records, machine, primary):
             db.commit_tuning_record(record)
     return db
 
@@ -245,8 +245,9 @@ def compact(path: Path, keep: int = 2) -> int:
     for workload in workloads.values():
         counts: Counter[str | None] = Counter()
         for record in db.get_top_k(workload, len(records)):  # the valid ones (a failed run has none), fastest first
-            counts[timed_on(record)] += 1
-            if counts[timed_on(record)] <= keep:
+            machine = timed_on(record)
+            counts[machine] += 1
+            if counts[machine] <= keep:
                 kept.append(record)
     if len(kept) == len(records):
         return len(records)  # already compact: leave the files (and their fingerprint) alone

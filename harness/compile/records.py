@@ -16,6 +16,7 @@ from harness.compile.provenance import TAG, timed_on
 
 RECORDS = "database_tuning_record.json"
 WORKLOADS = "database_workload.json"
+_TAGGED = '"tag":"' + TAG  # how a line written by MetaSchedule or `stamped_line` names its machine
 
 
 def schedule_key(record: ms.database.TuningRecord) -> tuple[int, str]:
@@ -30,31 +31,20 @@ def record_key(record: ms.database.TuningRecord) -> tuple[int, str, str]:
 
 def machine_named(line: str) -> str | None:
     """The machine a records-file line says timed it (harness.compile.provenance), without decoding it."""
-    start = line.rfind('"tag":"' + TAG)
-    return None if start < 0 else line[start + 7 + len(TAG):line.index('"', start + 7)]
+    start = line.rfind(_TAGGED)
+    return None if start < 0 else line[start + len(_TAGGED):line.index('"', start + len(_TAGGED))]
 
 
-def edit_records(path: Path, edit: Callable[[str, ms.database.TuningRecord | None], str | None]) -> int:
-    """Rewrite the records file of the database at `path` line by line: `edit(line, record)` gets each complete
-    line and its record (None when the line does not decode: not JSON, no such workload, or a schedule that does
-    not replay on its kernel) and returns the line to write in its place, or None to drop it. A last line without
-    its newline (a record being appended) is kept as it is. Returns how many lines changed or were dropped; only
-    then is the file rewritten (beside it, then moved into place). The workload file and its line numbers, by which
-    a tuning session with the database open appends, stay."""
-    register_intrinsics()
-    workloads = (path / WORKLOADS).read_text().splitlines() if (path / WORKLOADS).is_file() else []
-    decoded: dict[int, ms.database.Workload] = {}
+def edit_lines(path: Path, edit: Callable[[str], str | None]) -> int:
+    """Rewrite the records file of the database at `path` line by line: `edit(line)` gets each complete line and
+    returns the line(s) to write in its place, or None to drop it. A last line without its newline (a record being
+    appended) is kept as it is. Returns how many lines changed or were dropped; only then is the file rewritten
+    (beside it, then moved into place). The workload file and its line numbers, by which a tuning session with the
+    database open appends, stay."""
     lines, edited = [], 0
     for line in (path / RECORDS).read_text().splitlines(keepends=True) if (path / RECORDS).is_file() else []:
         if line.endswith("\n"):
-            try:
-                index, fields = json.loads(line)
-                if index not in decoded:
-                    decoded[index] = ms.database.Workload.from_json(json.loads(workloads[index]))
-                record = ms.database.TuningRecord.from_json(fields, decoded[index])
-            except (RuntimeError, IndexError, ValueError):  # no replay, no such workload, not JSON
-                record = None
-            new = edit(line, record)
+            new = edit(line)
             if new != line:
                 edited += 1
             if new is None:
@@ -66,6 +56,34 @@ def edit_records(path: Path, edit: Callable[[str, ms.database.TuningRecord | Non
         tmp.write_text("".join(lines))
         tmp.replace(path / RECORDS)
     return edited
+
+
+def edit_records(path: Path, edit: Callable[[str, ms.database.TuningRecord | None], str | None]) -> int:
+    """`edit_lines`, with each line's record decoded for `edit(line, record)` (None when the line does not decode:
+    not JSON, no such workload, or a schedule that does not replay on its kernel; decoding replays the schedule,
+    ~13 ms a record)."""
+    register_intrinsics()
+    workloads = (path / WORKLOADS).read_text().splitlines() if (path / WORKLOADS).is_file() else []
+    decoded: dict[int, ms.database.Workload] = {}
+
+    def with_record(line: str) -> str | None:
+        try:
+            index, fields = json.loads(line)
+            if index not in decoded:
+                decoded[index] = ms.database.Workload.from_json(json.loads(workloads[index]))
+            record = ms.database.TuningRecord.from_json(fields, decoded[index])
+        except (RuntimeError, IndexError, ValueError):  # no replay, no such workload, not JSON
+            record = None
+        return edit(line, record)
+
+    return edit_lines(path, with_record)
+
+
+def _line_schedule(line: str) -> tuple[int, str]:
+    """A records-file line's kernel (its workload's line) and trace, undecoded: the same schedule in one file has
+    the same key, whichever machine timed it."""
+    index, fields = json.loads(line)
+    return index, json.dumps(fields[0], separators=(",", ":"))
 
 
 def stamped_line(line: str, machine: str, run_secs: Sequence[float] | None = None) -> str:
@@ -83,23 +101,17 @@ def retime(path: Path, run_secs: Callable[[ms.database.TuningRecord], Sequence[f
     a record timed on `machine` gets its new time; a schedule only other machines timed gets a copy stamped with
     `machine` beside their records, which keep theirs (harness.compile.provenance). Returns how many records
     changed or were added. Only the records file is rewritten (see `edit_records`)."""
-    own: set[tuple[int, str]] = set()
-
-    def note_own(line: str, record: ms.database.TuningRecord | None) -> str:
-        if record is not None and timed_on(record) == machine:
-            own.add(schedule_key(record))
-        return line
-
-    edit_records(path, note_own)
+    own = {_line_schedule(line) for line in (path / RECORDS).read_text().splitlines(keepends=True)
+           if line.endswith("\n") and machine_named(line) == machine} if (path / RECORDS).is_file() else set()
 
     def with_time(line: str, record: ms.database.TuningRecord | None) -> str | None:
         secs = run_secs(record) if record is not None else None
-        if secs is None or (timed_on(record) != machine and schedule_key(record) in own):
+        if secs is None or (timed_on(record) != machine and _line_schedule(line) in own):
             return line  # no new time, or this machine's copy of the schedule takes it
         new = stamped_line(line, machine, secs)
         if timed_on(record) == machine:
             return new
-        own.add(schedule_key(record))  # one copy per schedule, however many machines timed it before
+        own.add(_line_schedule(line))  # one copy per schedule, however many machines timed it before
         return line + new
 
     return edit_records(path, with_time)
@@ -122,10 +134,14 @@ def stamp_appended(path: Path, after: int, machine: str) -> int:
     name no machine as timed on `machine`; returns how many."""
     seen = 0
 
-    def stamp(line: str, record: ms.database.TuningRecord | None) -> str:
+    def stamp(line: str) -> str:
         nonlocal seen
         seen += 1
-        return stamped_line(line, machine) if seen > after and record is not None and timed_on(record) is None \
-            else line
+        if seen <= after or machine_named(line) is not None:
+            return line
+        try:
+            return stamped_line(line, machine)
+        except ValueError:  # not a record (left for `drop_unreplayable`)
+            return line
 
-    return edit_records(path, stamp)
+    return edit_lines(path, stamp)
