@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="first time the records of the named recipes' kernels (with --shipped or alone: every "
                            "record of the device's database) again here, on the profile's threads (or on its board), "
                            "keeping the new times; alone, does only that")
+    tune.add_argument("--audit", action="store_true",
+                      help="change nothing: time here the schedule each kernel of the named recipes gets, against "
+                           "the time in its record, and name the kernels out of line (what --refine should search "
+                           "again on this machine); the table is also written under results/audit/")
     _add_device_arg(tune)
     _add_results_arg(tune)
     tune.set_defaults(func=commands.tune)

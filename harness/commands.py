@@ -63,7 +63,16 @@ def tune(args: argparse.Namespace) -> int:
         raise HarnessError("tune --remeasure: --refine and --minutes tune recipes after the re-measure: name them, "
                            "or --shipped")
     recipes = [load_recipe(r) for r in args.recipe]
-    from harness.tune import refresh_shipped, remeasure_database, tune_recipes, tuning_database
+    from harness.tune import audit_recipes, refresh_shipped, remeasure_database, tune_recipes, tuning_database
+
+    if args.audit:
+        if not recipes or args.shipped or args.refine or args.remeasure or args.minutes is not None:
+            raise HarnessError("tune --audit only times what the database has: name the recipes, and no --shipped, "
+                               "--refine, --remeasure or --minutes")
+        audit, path = audit_recipes(recipes, profile, ws, progress=not args.quiet)
+        print(f"{audit.table.to_string(index=False, float_format=lambda v: f'{v:.3f}')}\n\n{audit.summary()}\n"
+              f"table: {path}")
+        return 0
 
     if args.remeasure or (args.refine and (args.shipped or recipes)):  # a refine competes with this machine's times
         report = remeasure_database(profile, ws, recipes or None, progress=not args.quiet)

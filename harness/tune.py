@@ -5,19 +5,22 @@ databases."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import tvm
 
+from harness.audit import Audit, audit
 from harness.build import Compiled, Exported, export_variant, structural
 from harness.compile import database, prepare_module, remeasure, tuning
 from harness.compile.intrinsics import dot_product
-from harness.compile.kernels import extract_tasks
+from harness.compile.kernels import extract_tasks, module_tasks
 from harness.compile.target import build_target, target_key, target_spec
 from harness.data import load_data
 from harness.device import DeviceProfile
 from harness.recipe import available_recipes, load_recipe
+from harness.results import write_text
 from harness.specs import Recipe
 from harness.workspace import Workspace
 
@@ -103,6 +106,20 @@ def remeasure_database(profile: DeviceProfile, ws: Workspace, recipes: list[Reci
                                                         profile)
     return remeasure.remeasure(tuning_database(profile, ws), build_target(profile), profile, kernels=kernels,
                                progress=progress)
+
+
+def audit_recipes(recipes: list[Recipe], profile: DeviceProfile, ws: Workspace, progress: bool = True
+                  ) -> tuple[Audit, Path]:
+    """Audit the schedules the kernels of `recipes` (not their references) get from `profile`'s database, timed here
+    (harness.audit); the table is also written as a CSV under `results/audit/`."""
+    exports = structural_exports(recipes, ws, progress)
+    target = build_target(profile)
+    per_model = module_tasks(tuning_modules(exports, profile), target)
+    models = {recipe.name: tasks for recipe, tasks in zip(recipes, per_model, strict=True)}
+    result = audit(models, tuning_database(profile, ws), target, profile, progress)
+    path = write_text(ws.root / "audit" / f"audit-{time.strftime('%Y%m%d-%H%M%S')}.csv",
+                      result.table.to_csv(index=False))
+    return result, path
 
 
 def with_references(recipes: list[Recipe]) -> list[Recipe]:

@@ -1,13 +1,16 @@
-"""Re-timing a tuning database's records on this host and the profile's threads (`harness tune --remeasure`)."""
+"""Re-timing a tuning database's records on this host and the profile's threads (`harness tune --remeasure`), and
+timing them without keeping the times (`harness tune --audit`)."""
 
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 from conftest import TINY_RECIPE, postprocessed_spaces, run_cli
 
+from harness import audit
 from harness.compile import database, import_onnx, records, remeasure
 from harness.compile.kernels import extract_tasks
 from harness.compile.provenance import TAG, host_machine, timed_on, timing_machine
@@ -19,14 +22,21 @@ FAKE_SECS = 5.0  # a time no schedule of a 16x16 convolution takes: a re-timed r
 
 
 @pytest.fixture(scope="module")
-def conv_workload(tmp_path_factory):  # noqa: ANN201 (TVM types)
-    """A one-convolution model's (fused) kernel and the single-thread x86 profile (no database is shipped for
-    it, so a workspace's database holds only what a test puts there)."""
+def conv_task(tmp_path_factory):  # noqa: ANN201 (TVM types)
+    """A one-convolution model's (fused) kernel as a tuning task, and the single-thread x86 profile (no database is
+    shipped for it, so a workspace's database holds only what a test puts there)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
     mod = import_onnx(export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx", resolution=16))
     profile = replace(load_device("x86"), threads=1)
     (task,) = extract_tasks([mod], build_target(profile))
+    return task, profile
+
+
+@pytest.fixture(scope="module")
+def conv_workload(conv_task):  # noqa: ANN001, ANN201 (TVM types)
+    """`conv_task`'s kernel (its TIR workload) and profile."""
+    task, profile = conv_task
     return task.dispatched[0], profile
 
 
@@ -123,14 +133,14 @@ def test_records_committed_meanwhile_are_kept(conv_workload, tmp_path: Path, mon
     workload, profile = conv_workload
     first, second = _records(workload, profile, 2, FAKE_SECS)
     _commit(tmp_path, workload, [first])
-    measure = remeasure._measure
+    measure = remeasure.time_records
 
     def measure_then_commit(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         result = measure(*args, **kwargs)
         _commit(tmp_path, workload, [(second[0], [0.25], *second[2:])])
         return result
 
-    monkeypatch.setattr(remeasure, "_measure", measure_then_commit)
+    monkeypatch.setattr(remeasure, "time_records", measure_then_commit)
     remeasure.remeasure(tmp_path, build_target(profile), profile, progress=False)
     times = _times(tmp_path)
     assert len(times) == 3 and times[0] < 0.01 and times[1:] == [pytest.approx(0.25), FAKE_SECS]
@@ -225,3 +235,65 @@ def test_records_a_tuning_session_appends_name_this_machine(conv_workload, tmp_p
 def test_the_timing_machine_is_this_cpu_here_and_the_profile_on_a_board() -> None:
     assert timing_machine(load_device("x86")) == host_machine() and host_machine()
     assert timing_machine(load_device("rpi4")) == "rpi4"  # cross-compiled: timed on the board
+
+
+def test_audit_times_the_schedule_a_build_takes_here_and_changes_nothing(conv_task, tmp_path: Path) -> None:
+    """The audited record is the one a build takes (this machine's own, though another looks faster), timed here
+    beside its recorded time; the database is left as it was."""
+    task, profile = conv_task
+    workload = task.dispatched[0]
+    first, second = _records(workload, profile, 2, 0.001)
+    _commit(tmp_path, workload, [first, _stamped(second, host_machine(), 0.004)])
+    before = (tmp_path / database.RECORDS).read_bytes()
+    result = audit.audit({"m": [task]}, tmp_path, build_target(profile), profile, progress=False)
+    (row,) = result.table.to_dict("records")
+    assert (row["model"], row["kernel"], row["calls"], row["timed on"]) == ("m", task.task_name, 1, host_machine())
+    assert row["record ms"] == pytest.approx(4.0) and 0 < row["here ms"] < 1  # a 16x16x8 convolution: microseconds
+    assert row["here/record"] == pytest.approx(row["here ms"] / 4.0) and row["vs median"] == pytest.approx(1.0)
+    summary = result.summary()
+    assert f"here/record on {host_machine()}, median: {row['here/record']:.2f}x for the 1 timed on " \
+           f"{host_machine()}" in summary and "no kernel out of line" in summary and "m:" not in summary
+    assert (tmp_path / database.RECORDS).read_bytes() == before
+
+
+def test_audit_names_the_kernel_out_of_line_with_the_others(conv_task, tmp_path: Path) -> None:
+    """Ratios are read against their median (another CPU is faster or slower in general): of three kernels whose
+    records claim 1 s, 1 s and 10 ns, the last is out of line, first in the table, and its kernel is named; a
+    kernel the database has no record of is counted as untuned; a kernel two models share is timed once, counted
+    once in its machine's median, and listed under each model."""
+    _, profile = conv_task
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(8, 4, 1),
+                                torch.nn.Conv2d(4, 4, 3)).eval()
+    tasks = extract_tasks([import_onnx(export_onnx(model, tmp_path / "m.onnx", resolution=16))], build_target(profile))
+    assert len(tasks) == 4
+    for task, secs in zip(tasks[:3], (1.0, 1.0, 1e-8), strict=True):
+        _commit(tmp_path / "db", task.dispatched[0], _records(task.dispatched[0], profile, 1, secs))
+    result = audit.audit({"a": tasks, "b": tasks[:1]}, tmp_path / "db", build_target(profile), profile,
+                         progress=False)
+    assert list(result.out_of_line()["kernel"]) == [tasks[2].task_name] == [result.table["kernel"][0]]
+    assert set(result.table["timed on"].dropna()) == {"(unnamed)"} and result.table["record ms"].isna().sum() == 1
+    assert len(result.table) == 5 and result.medians()["(unnamed)"][1] == 3
+    shared = result.table[result.table["kernel"] == tasks[0].task_name]
+    assert list(shared["model"].sort_values()) == ["a", "b"] and shared["here ms"].nunique() == 1
+    summary = result.summary()
+    assert f"1 kernel(s) out of line (>= 1.25x the median of their machine, costing >= 1% of their model's time): " \
+           f"a:{tasks[2].task_name};" in summary
+    assert "1 kernel(s) have no schedule in the database (untuned)" in summary
+    assert "a: 4 of its 4 kernels run schedules chosen by another machine's times or none" in summary
+    assert "`tune b --refine`" in summary
+
+
+def test_cli_audit(tmp_path: Path) -> None:
+    """`tune --audit` changes nothing, so it takes no tuning options; with a database that has none of a recipe's
+    kernels it says they are untuned, and writes its table."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
+    device = tmp_path / "x86-1.yaml"
+    device.write_text("name: x86-1\ntarget: {kind: llvm, mcpu: portable}\nthreads: 1\nlayout: NHWC\n")
+    wrong = run_cli("-q", "tune", str(recipe), "--audit", "--refine", "--device", str(device))
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "tune --audit" in wrong.stderr
+    out = run_cli("-q", "tune", str(recipe), "--audit", "--device", str(device), "--results", str(tmp_path / "r"))
+    assert out.returncode == 0, out.stderr
+    (table,) = (tmp_path / "r" / "audit").glob("audit-*.csv")
+    untuned = len(pd.read_csv(table))
+    assert untuned > 5 and f"{untuned} kernel(s) have no schedule in the database (untuned)" in out.stdout

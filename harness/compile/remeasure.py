@@ -64,7 +64,7 @@ def _build_input(record: ms.database.TuningRecord, target: tvm.target.Target) ->
     return BuilderInput(sch.mod, target)
 
 
-def _measure(records: list[ms.database.TuningRecord], target: tvm.target.Target, profile: DeviceProfile,
+def time_records(records: list[ms.database.TuningRecord], target: tvm.target.Target, profile: DeviceProfile,
              progress: bool) -> tuple[dict[tuple[int, str], list[float]], float]:
     """The new time of each record of `records` that built and ran, by `schedule_key` (its fastest of `ROUNDS`),
     and the cores other processes kept busy meanwhile (see `harness.noise`).
@@ -147,7 +147,7 @@ def remeasure(db_path: Path, target: tvm.target.Target, profile: DeviceProfile, 
     if not records:
         return RemeasureReport(records=0, failed=0, kernels=0, reranked=0, seconds=time.monotonic() - start,
                                other_cores=0.0)
-    times, other_cores = _measure(records, target, profile, progress)
+    times, other_cores = time_records(records, target, profile, progress)
     with cache.locked(db_path):  # with the records another session committed meanwhile, unchanged
         retime(db_path, lambda r: times.get(schedule_key(r)), timing_machine(profile))
     before, after = _fastest(records, {}), _fastest(records, times)
