@@ -21,7 +21,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from harness import noise
 from harness.compile.database import records_for
-from harness.compile.kernels import merge_tasks, workload_hash
+from harness.compile.kernels import chosen_record, merge_tasks, workload_hash
 from harness.compile.provenance import timed_on, timing_machine
 from harness.compile.records import schedule_key
 from harness.compile.remeasure import time_records
@@ -108,8 +108,7 @@ def audit(models: dict[str, Sequence[ms.ExtractedTask]], db_path: Path, target: 
     machine = timing_machine(profile)
     tasks = merge_tasks(models.values())
     db = records_for(db_path, [t.dispatched[0] for t in tasks], machine)
-    chosen = {workload_hash(t): db.query_tuning_record(t.dispatched[0], target, t.task_name)
-              if db.has_workload(t.dispatched[0]) else None for t in tasks}
+    chosen = {workload_hash(t): chosen_record(db, t, target) for t in tasks}
     records = list({schedule_key(r): r for r in chosen.values() if r is not None}.values())
     times, other_cores = time_records(records, target, profile, progress) if records else ({}, 0.0)
     kernels = {key: _kernel(r, times.get(schedule_key(r)) if r is not None else None) for key, r in chosen.items()}

@@ -19,8 +19,8 @@ from harness.errors import HarnessError
 from harness.results import markdown, write_text
 
 log = logging.getLogger(__name__)
-CONDITION_COLUMNS = ("recipe", "device", "target", "threads", "batch", "emulated", "tuned_kernels", "tvm_version",
-                     "torch_version", "git_rev", "timestamp", "noisy")
+CONDITION_COLUMNS = ("recipe", "device", "host", "target", "threads", "batch", "emulated", "tuned_kernels",
+                     "tuned_here", "tvm_version", "torch_version", "git_rev", "timestamp", "noisy")
 # Marks the page's images with what the browser decoded (tests read it back from headless Chromium).
 CHECK_SCRIPT = """<script>
 window.addEventListener('load', () => {

@@ -17,6 +17,7 @@ import pandas as pd
 
 from harness.cache import locked, tmp_path
 from harness.errors import HarnessError, last_line
+from harness.noise import cpu_model
 from harness.specs import TuningCoverage
 from harness.workspace import RESULTS_DIR, package_versions
 
@@ -28,6 +29,7 @@ class Conditions:
     run_id: str
     timestamp: str
     git_rev: str
+    host: str  # the CPU that ran the harness (a board's rows also name the board)
     tvm_version: str
     torch_version: str
 
@@ -35,7 +37,8 @@ class Conditions:
     def now(cls, run_id: str) -> Conditions:
         versions = package_versions()
         return cls(run_id=run_id, timestamp=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                   git_rev=git_revision(), tvm_version=versions["tvm"], torch_version=versions["torch"])
+                   git_rev=git_revision(), host=cpu_model(), tvm_version=versions["tvm"],
+                   torch_version=versions["torch"])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,6 +52,7 @@ class Row:
     run_id: str | None = None
     timestamp: str | None = None
     git_rev: str | None = None
+    host: str | None = None
     recipe: str
     recipe_key: str | None = None
     reference: str | None = None
@@ -101,6 +105,7 @@ class Row:
     integer_ops: str | None = None
     dot_product_ops: str | None = None
     tuned_kernels: TuningCoverage | None = None
+    tuned_here: str | None = None
     schedules: str | None = None
     integer_fallback: str | None = None
     notes: str | None = None

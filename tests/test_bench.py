@@ -34,13 +34,16 @@ def test_int8_rows_get_their_ratio_to_the_matching_fp32_row() -> None:
 
 
 def test_bench_rows_carry_the_run_conditions_and_the_table_column_names() -> None:
-    """A bench row is a results row: the same `width_mult` column, and git revision, versions and time stamped."""
+    """A bench row is a results row: the same `width_mult` column, and git revision, versions, time and the CPU
+    that ran it stamped."""
+    from harness.noise import cpu_model
     from harness.results import Conditions
 
     row = _row("fp32", "onnxruntime", 4.0).stamped(Conditions.now("bench-x"))
     cells = row.as_dict()
     assert cells["width_mult"] == 1.0 and "width" not in cells and cells["runtime"] == "onnxruntime"
     assert cells["run_id"] == "bench-x" and cells["git_rev"] and cells["tvm_version"] and cells["timestamp"]
+    assert cells["host"] == cpu_model() and cells["host"].endswith(" CPUs")
 
 
 def test_shipped_recipes_find_their_float_twin() -> None:

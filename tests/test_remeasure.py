@@ -11,7 +11,7 @@ import yaml
 from conftest import TINY_RECIPE, postprocessed_spaces, run_cli
 
 from harness import audit
-from harness.compile import database, import_onnx, records, remeasure
+from harness.compile import compile_onnx, database, import_onnx, prepare_module, records, remeasure
 from harness.compile.kernels import extract_tasks
 from harness.compile.provenance import TAG, host_machine, timed_on, timing_machine
 from harness.compile.target import build_target, target_key, target_spec
@@ -208,6 +208,25 @@ def test_a_build_takes_the_records_timed_on_its_machine(conv_workload, tmp_path:
 
     assert chosen("zen9") == str(third[0])
     assert chosen("xeon9") == chosen(None) == str(first[0])
+
+
+def test_a_build_counts_the_schedules_its_machine_timed(tmp_path: Path) -> None:
+    """The compile report (so the results row's `tuned_here`) says how many tuned kernels take a schedule timed on
+    the machine the build is for: none while only another machine's record exists, then this machine's copy."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
+    onnx = export_onnx(model, tmp_path / "m.onnx", resolution=16)
+    profile = replace(load_device("x86"), threads=1)
+    tasks = extract_tasks([prepare_module(onnx, layout=profile.layout)], build_target(profile))
+    (conv,) = [t.dispatched[0] for t in tasks if "conv2d" in t.task_name]
+    (record,) = _records(conv, profile, 1, 0.002)
+    _commit(tmp_path / "db", conv, [record])
+    report = compile_onnx(onnx, profile, tmp_path / "a" / "m.so", database=tmp_path / "db").report
+    assert (report.tuned_kernels.tuned, report.tuned_here) == (1, "0/1")
+    _commit(tmp_path / "db", conv, [_stamped(record, host_machine(), 0.003)])
+    report = compile_onnx(onnx, profile, tmp_path / "b" / "m.so", database=tmp_path / "db").report
+    assert (report.tuned_kernels.tuned, report.tuned_here) == (1, "1/1")
+    assert compile_onnx(onnx, profile, tmp_path / "c" / "m.so").report.tuned_here is None
 
 
 def test_compaction_keeps_each_machines_best(conv_workload, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from harness.compile.integer import integerize, qdq_as_elementwise
 from harness.compile.intrinsics import DotProduct, dot_product
 from harness.compile.layout import clip_as_relax_ops, convert_layout, transposes_apart
 from harness.compile.packing import dot_product_layout
-from harness.compile.provenance import timing_machine
+from harness.compile.provenance import timed_on, timing_machine
 from harness.compile.target import build_target, target_json
 from harness.device import ConvLayout, DeviceProfile
 from harness.errors import HarnessError, last_line
@@ -40,6 +40,7 @@ class CompileReport:
 
     layout: str  # of the convolutions
     tuned_kernels: TuningCoverage
+    tuned_here: str | None = None  # "k/n": k of the n tuned kernels take a schedule timed on the machine they run on
     fp16: bool | None = None  # True: computed in float16
     integer_ops: str | None = None  # "k/n" convolutions and dense layers integer
     dot_product_ops: str | None = None  # "k/n" of the integer ones packed for 8-bit dot-product instructions
@@ -176,16 +177,21 @@ def prepare_module(model: OnnxModel, *, layout: ConvLayout = ConvLayout.NCHW,
 
 
 def _build(mod: tvm.IRModule, target: tvm.target.Target, database: Path | None, model: OnnxModel,
-           profile: DeviceProfile) -> tuple[tvm.runtime.Executable, TuningCoverage]:
-    """Build `mod`, with the tuning database's schedules where it has them; returns (executable, coverage)."""
+           profile: DeviceProfile) -> tuple[tvm.runtime.Executable, TuningCoverage, str | None]:
+    """Build `mod`, with the tuning database's schedules where it has them; returns (executable, coverage, "k/n":
+    how many of the tuned kernels take a schedule timed on the machine the build is for, None without a database)."""
     tasks = kernels.extract_tasks([mod], target)
     if database is not None and tuning_db.database_fingerprint(database) is not None:
-        db = tuning_db.records_for(database, [t.dispatched[0] for t in tasks], timing_machine(profile))
-        covered = kernels.tasks_coverage(tasks, target, db)
-        log.info("building %s for %s with tuned schedules for %s kernels", model.path.name, profile.name, covered)
-        return kernels.compile_with_database(mod, target, db), covered
+        machine = timing_machine(profile)
+        db = tuning_db.records_for(database, [t.dispatched[0] for t in tasks], machine)
+        chosen = [r for r in (kernels.chosen_record(db, t, target) for t in tasks) if r is not None]
+        covered = TuningCoverage(tuned=len(chosen), total=len(tasks))
+        here = f"{sum(timed_on(r) == machine for r in chosen)}/{len(chosen)}"
+        log.info("building %s for %s with tuned schedules for %s kernels (%s timed on %s)", model.path.name,
+                 profile.name, covered, here, machine)
+        return kernels.compile_with_database(mod, target, db), covered, here
     log.info("building %s for %s (no tuning database)", model.path.name, profile.name)
-    return tvm.compile(mod, target), TuningCoverage(tuned=0, total=len(tasks))
+    return tvm.compile(mod, target), TuningCoverage(tuned=0, total=len(tasks)), None
 
 
 def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *,
@@ -202,7 +208,7 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *,
     try:
         mod = prepare_module(model, layout=profile.layout, options=options, notes=notes,
                              dot=dot_product(target))
-        executable, covered = _build(mod, target, database, model, profile)
+        executable, covered, tuned_here = _build(mod, target, database, model, profile)
     except Exception as exc:  # TVM's errors are of many types; the float path is the fallback for integer ops
         if not options.integer:
             raise
@@ -211,7 +217,7 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *,
                     profile.name, reason)
         notes = {"integer_fallback": reason}
         mod = prepare_module(model, layout=profile.layout, options=replace(options, integer=False), notes=notes)
-        executable, covered = _build(mod, target, database, model, profile)
+        executable, covered, tuned_here = _build(mod, target, database, model, profile)
     if kernels.gpu_default_schedules(target) and not covered.complete:
         notes["schedules"] = "dlight"  # the rest run DLight's default GPU schedules
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +231,7 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *,
         target=target_json(target),
         cross_compiled=bool(profile.cross_compiler),
         compile_seconds=time.perf_counter() - start,
-        report=CompileReport(tuned_kernels=covered, **notes),
+        report=CompileReport(tuned_kernels=covered, tuned_here=tuned_here, **notes),
         sha256=cache.file_digest(out_path),
     )
     artifact.save_meta()

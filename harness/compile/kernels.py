@@ -65,9 +65,15 @@ def extract_tasks(mods: Sequence[tvm.IRModule], target: tvm.target.Target) -> li
     return merge_tasks(module_tasks(mods, target))
 
 
-def is_tuned(db: ms.database.Database, task: ms.ExtractedTask, target: tvm.target.Target) -> bool:
+def chosen_record(db: ms.database.Database, task: ms.ExtractedTask, target: tvm.target.Target
+                  ) -> ms.database.TuningRecord | None:
+    """The record a build takes from `db` for `task`'s kernel, None when it has none (the kernel is untuned)."""
     mod = task.dispatched[0]
-    return db.has_workload(mod) and db.query_tuning_record(mod, target, task.task_name) is not None
+    return db.query_tuning_record(mod, target, task.task_name) if db.has_workload(mod) else None
+
+
+def is_tuned(db: ms.database.Database, task: ms.ExtractedTask, target: tvm.target.Target) -> bool:
+    return chosen_record(db, task, target) is not None
 
 
 def coverage(mods: Sequence[tvm.IRModule], target: tvm.target.Target, database: Path | ms.database.Database
