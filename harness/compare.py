@@ -8,18 +8,20 @@ import pandas as pd
 from harness.errors import HarnessError
 
 BASELINES = ("v1_fp32", "vgg16_fp32", "resnet18_fp32", "resnet50_fp32")
-COLUMNS = ("device", "dataset", "recipe", "role", "model", "dtype", "width_mult", "resolution", "top1", "delta_top1",
-           "params", "macs", "artifact_bytes", "latency_ms_median", "latency_ms_p90", "speedup", "tuned_kernels",
-           "pareto", "noisy")
+PER = ("device", "host", "dataset", "batch")  # rows are compared only with rows of the same of each
+COLUMNS = ("device", "host", "dataset", "recipe", "role", "model", "dtype", "width_mult", "resolution", "top1",
+           "delta_top1", "params", "macs", "artifact_bytes", "latency_ms_median", "latency_ms_p90", "speedup",
+           "tuned_kernels", "pareto", "noisy")
 
 
 def latest(table: pd.DataFrame) -> pd.DataFrame:
-    """The last measured row of each recipe per device, data set and batch (references inside runs left out:
-    each baseline recipe stands for itself)."""
+    """The last measured row of each recipe per device, host CPU, data set and batch (references inside runs left
+    out: each baseline recipe stands for itself; rows of tables that predate the `host` column share one host)."""
     if table.empty:
         raise HarnessError("the results table is empty: run some recipes first (python -m harness run v1_fp32)")
     rows = table[~table["recipe"].astype(str).str.endswith(":reference")]
-    return rows.groupby(["device", "dataset", "batch", "recipe"], dropna=False, sort=False).tail(1)
+    rows = rows.reindex(columns=[*rows.columns, *(c for c in PER if c not in rows.columns)])
+    return rows.groupby([*PER, "recipe"], dropna=False, sort=False).tail(1)
 
 
 def pareto(top1: pd.Series, latency: pd.Series) -> pd.Series:
@@ -33,8 +35,9 @@ def pareto(top1: pd.Series, latency: pd.Series) -> pd.Series:
 
 
 def compare_table(table: pd.DataFrame, *, device: str | None = None, baseline: str = "v1_fp32") -> pd.DataFrame:
-    """Every recipe's latest row beside the baselines, per device and data set: Δtop-1 and speed-up against
-    `baseline` (empty where either has untuned kernels), and the Pareto front among fully tuned rows."""
+    """Every recipe's latest row beside the baselines, per device, host CPU, data set and batch: Δtop-1 and speed-up
+    against `baseline` (empty where either has untuned kernels, or where the baseline was not measured on that host),
+    and the Pareto front among fully tuned rows."""
     rows = latest(table)
     if device is not None:
         if device not in set(rows["device"]):
@@ -45,7 +48,7 @@ def compare_table(table: pd.DataFrame, *, device: str | None = None, baseline: s
         raise HarnessError(f"--baseline {baseline}: no row of that recipe (recipes in the table: "
                            f"{', '.join(sorted(map(str, set(rows['recipe']))))})")
     groups = []
-    for _, group in rows.groupby(["device", "dataset", "batch"], dropna=False, sort=False):
+    for _, group in rows.groupby(list(PER), dropna=False, sort=False):
         group = group.copy()
         ref = group[group["recipe"] == baseline]
         tuned = group["tuned_kernels"].astype(str).map(_complete)
@@ -62,7 +65,7 @@ def compare_table(table: pd.DataFrame, *, device: str | None = None, baseline: s
         group["pareto"] = [bool(front.get(i, False)) for i in group.index]
         groups.append(group)
     out = pd.concat(groups).reindex(columns=list(COLUMNS))
-    return out.sort_values(["device", "dataset", "role", "latency_ms_median"], ignore_index=True)
+    return out.sort_values(["device", "host", "dataset", "role", "latency_ms_median"], ignore_index=True)
 
 
 def _complete(coverage: str) -> bool:

@@ -162,10 +162,11 @@ def build_report(table: pd.DataFrame, out: Path, runs_dir: Path, *, device: str 
     rows = latest(table)
     if device is not None:
         rows = rows[rows["device"] == device]
-    main = compared[compared["device"] == compared["device"].mode().iloc[0]]
+    machine = compared["device"].astype(str) + " on " + compared["host"].fillna("an unnamed host").astype(str)
+    main = compared[machine == machine.mode().iloc[0]]  # the scatter plots: one device on one host
     profile = profile or baseline
     kernels, profiled = profile_row(rows, profile, runs_dir)
-    where = f"{main['device'].iloc[0]}, {main['dataset'].iloc[0]}"
+    where = f"{machine[main.index[0]]}, {main['dataset'].iloc[0]}"
     figures = [
         _figure("accuracy_latency", f"top-1 against latency ({where})",
                 _scatter(main, "latency_ms_median", "median latency (ms, log scale)", log_x=True)),

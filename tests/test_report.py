@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import TINY_RECIPE, run_cli, run_here
 
-from harness.compare import pareto
+from harness.compare import compare_table, pareto
 
 CHROMIUM = next((c for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
 
@@ -36,6 +36,23 @@ def test_pareto_front() -> None:
     assert pareto(top1, latency).tolist() == [True, True, False, False]
 
 
+def test_compare_never_divides_latencies_of_two_hosts() -> None:
+    """The host CPU changes between sessions: a variant measured on one is compared with the baseline measured on
+    the same host only, and each host keeps its latest rows; a table from before the `host` column still compares."""
+    def row(recipe: str, host: str, latency: float) -> dict:
+        return {"recipe": recipe, "device": "x86", "host": host, "dataset": "digits", "batch": 1, "top1": 0.9,
+                "latency_ms_median": latency, "tuned_kernels": "5/5"}
+
+    table = pd.DataFrame([row("v1_fp32", "xeon", 4.0), row("v1_alpha050", "xeon", 2.0),
+                          row("v1_fp32", "zen", 6.0), row("v1_fp32", "zen", 5.0), row("v1_alpha025", "zen", 1.0),
+                          row("v1_res128", "epyc", 3.0)])
+    speedup = compare_table(table).set_index(["host", "recipe"])["speedup"]
+    assert speedup[("xeon", "v1_alpha050")] == 2.0 and speedup[("zen", "v1_alpha025")] == 5.0
+    assert len(speedup) == 5 and pd.isna(speedup[("epyc", "v1_res128")])  # no baseline measured on that host
+    legacy = compare_table(table[table["host"] == "xeon"].drop(columns="host"))
+    assert list(legacy["speedup"].sort_values()) == [1.0, 2.0] and legacy["host"].isna().all()
+
+
 def test_compare_puts_variants_beside_the_baseline(results: Path) -> None:
     done = run_cli("compare", "--baseline", "tiny", "--format", "json", "--results", str(results))
     assert done.returncode == 0, done.stderr
@@ -43,8 +60,8 @@ def test_compare_puts_variants_beside_the_baseline(results: Path) -> None:
     assert set(rows) == {"tiny", "tiny_pruned"}  # the in-run reference row is not a variant of its own
     assert rows["tiny"]["delta_top1"] == 0 and rows["tiny_pruned"]["macs"] < rows["tiny"]["macs"]
     assert rows["tiny"]["speedup"] is None  # untuned kernels: no speed-up is claimed
-    for fmt, marker in (("md", "| device | dataset |"), ("csv", "device,dataset,recipe"), ("html", "<table"),
-                        ("text", "tiny_pruned")):
+    for fmt, marker in (("md", "| device | host | dataset |"), ("csv", "device,host,dataset,recipe"),
+                        ("html", "<table"), ("text", "tiny_pruned")):
         out = run_cli("compare", "--baseline", "tiny", "--format", fmt, "--results", str(results))
         assert out.returncode == 0 and marker in out.stdout, (fmt, out.stderr)
 
