@@ -38,17 +38,13 @@ COLUMNS = ["model", "kernel", "layer", "calls", "record ms", "timed on", "here m
 @dataclass(frozen=True, slots=True)
 class Audit:
     """Per model and kernel (rows sorted by `excess ms`: calls × the time beyond what its machine's median ratio
-    predicts), the machine that timed it here, and the cores other processes kept busy meanwhile."""
+    predicts), the machine that timed them here, the median ratio (each distinct kernel once) per machine that timed
+    the records, and the cores other processes kept busy meanwhile."""
 
     table: pd.DataFrame
     machine: str
+    medians: dict[str, tuple[float, int]]  # per machine that timed records: its kernels' median ratio, how many
     other_cores: float
-
-    def medians(self) -> dict[str, tuple[float, int]]:
-        """Per machine that timed records: the median ratio of its kernels and how many were timed here."""
-        kernels = self.table.dropna(subset=["here ms"]).drop_duplicates(["kernel", "record ms", "timed on"])
-        return {machine: (float(ratios.median()), len(ratios))
-                for machine, ratios in kernels.groupby("timed on")["here/record"]}
 
     def out_of_line(self) -> pd.DataFrame:
         """The rows far above their machine's median ratio whose excess matters to their model (a 3-round timing
@@ -68,7 +64,7 @@ class Audit:
     def summary(self) -> str:
         """What the audit found, in a few lines, with what to do about it."""
         medians = ", ".join(f"{ratio:.2f}x for the {n} timed on {machine}" for machine, (ratio, n)
-                            in self.medians().items()) or "none"
+                            in self.medians.items()) or "none"
         lines = [f"here/record on {self.machine}, median: {medians}"]
         for model, m in self.per_model().iterrows():
             if m["elsewhere"]:
@@ -112,19 +108,21 @@ def audit(models: dict[str, Sequence[ms.ExtractedTask]], db_path: Path, target: 
     records = list({schedule_key(r): r for r in chosen.values() if r is not None}.values())
     times, other_cores = time_records(records, target, profile, progress) if records else ({}, 0.0)
     kernels = {key: _kernel(r, times.get(schedule_key(r)) if r is not None else None) for key, r in chosen.items()}
-    ratios = pd.DataFrame(kernels.values())
-    median = (ratios["here ms"] / ratios["record ms"]).groupby(ratios["timed on"]).median()  # each machine's speed
+    timed = pd.DataFrame(kernels.values()).dropna(subset=["here ms", "record ms"])
+    ratios = (timed["here ms"] / timed["record ms"]).groupby(timed["timed on"])  # each machine's speed against here
+    medians = {str(m): (float(r.median()), len(r)) for m, r in ratios}
     rows = []
     for model, model_tasks in models.items():
         for task in model_tasks:
-            record = chosen[workload_hash(task)]
+            key = workload_hash(task)
+            record = chosen[key]
             shapes = [tuple(int(d) for d in a.shape) for a in record.args_info] if record is not None else None
             rows.append({"model": model, "kernel": task.task_name, "layer": kind_of(task.task_name, shapes,
-                         profile.layout), "calls": int(task.weight), **kernels[workload_hash(task)]})
+                         profile.layout), "calls": int(task.weight), **kernels[key]})
     table = pd.DataFrame(rows, columns=COLUMNS[:7])
     table["here/record"] = table["here ms"] / table["record ms"]
-    expected = table["timed on"].map(median)
+    expected = table["timed on"].map({m: ratio for m, (ratio, _) in medians.items()})
     table["vs median"] = table["here/record"] / expected
     table["excess ms"] = table["calls"] * (table["here ms"] - expected * table["record ms"])
     table = table.sort_values("excess ms", ascending=False, na_position="last", ignore_index=True)
-    return Audit(table=table, machine=machine, other_cores=other_cores)
+    return Audit(table=table, machine=machine, medians=medians, other_cores=other_cores)

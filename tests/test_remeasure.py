@@ -291,7 +291,7 @@ def test_audit_names_the_kernel_out_of_line_with_the_others(conv_task, tmp_path:
                          progress=False)
     assert list(result.out_of_line()["kernel"]) == [tasks[2].task_name] == [result.table["kernel"][0]]
     assert set(result.table["timed on"].dropna()) == {"(unnamed)"} and result.table["record ms"].isna().sum() == 1
-    assert len(result.table) == 5 and result.medians()["(unnamed)"][1] == 3
+    assert len(result.table) == 5 and result.medians["(unnamed)"][1] == 3
     shared = result.table[result.table["kernel"] == tasks[0].task_name]
     assert list(shared["model"].sort_values()) == ["a", "b"] and shared["here ms"].nunique() == 1
     summary = result.summary()

@@ -65,7 +65,7 @@ def _build_input(record: ms.database.TuningRecord, target: tvm.target.Target) ->
 
 
 def time_records(records: list[ms.database.TuningRecord], target: tvm.target.Target, profile: DeviceProfile,
-             progress: bool) -> tuple[dict[tuple[int, str], list[float]], float]:
+                 progress: bool) -> tuple[dict[tuple[int, str], list[float]], float]:
     """The new time of each record of `records` that built and ran, by `schedule_key` (its fastest of `ROUNDS`),
     and the cores other processes kept busy meanwhile (see `harness.noise`).
 
