@@ -43,6 +43,32 @@ def export_onnx(model: nn.Module, path: Path, *, resolution: int, batch: int = 1
             opset_version=OPSET, dynamo=False, do_constant_folding=True,
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
+    exported = onnx.load(str(tmp))
+    if inline_constant_identities(exported.graph):
+        onnx.save(exported, str(tmp))
     onnx.checker.check_model(str(tmp), full_check=True)
     tmp.replace(path)
     return OnnxModel(path=path, input_shape=(batch, 3, resolution, resolution))
+
+
+def inline_constant_identities(graph: onnx.GraphProto) -> int:
+    """Replace each Identity node of an initializer by an initializer of its own; returns how many.
+
+    The TorchScript exporter of torch 2.11 shares equal constants through Identity nodes (the all-zero biases of
+    an untrained model's folded BatchNorms, say), and ONNX Runtime's quantizer quantizes only biases that are
+    initializers: the others stayed float ("Expected bias ... to be an initializer").
+    """
+    initializers = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    inlined = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in initializers
+               and n.output[0] not in outputs]
+    for node in inlined:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(initializers[node.input[0]])
+        copy.name = node.output[0]
+        graph.initializer.append(copy)
+        graph.node.remove(node)
+    used = {name for n in graph.node for name in n.input}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+    return len(inlined)

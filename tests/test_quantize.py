@@ -77,3 +77,49 @@ def test_errors(trained, tmp_path: Path) -> None:
         quantize_onnx(exported.path, tmp_path / "o.onnx", QuantizeSpec(dtype="fp16"), [])
     with pytest.raises(ValueError, match=r"calibration_samples must be in \[1, "):
         QuantizeSpec(calibration_samples=0)
+
+
+def test_biases_shared_through_identity_nodes_become_initializers_and_are_quantized(tmp_path: Path) -> None:
+    """torch 2.11's exporter shares equal biases through Identity nodes; ONNX Runtime quantizes only biases
+    that are initializers, so the export gives each its own (same results, and every bias int32)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from harness.export import inline_constant_identities
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=(3, 3, 1, 1)).astype(np.float32), f"w{i}") for i in (1, 2)]
+    bias = numpy_helper.from_array(np.array([0.5, -1.0, 2.0], np.float32), "b")
+    nodes = [helper.make_node("Identity", ["b"], ["b1"]), helper.make_node("Identity", ["b"], ["b2"]),
+             helper.make_node("Conv", ["x", "w1", "b1"], ["y1"]), helper.make_node("Conv", ["y1", "w2", "b2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [*weights, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before, after = tmp_path / "before.onnx", tmp_path / "after.onnx"
+    onnx.save(model, before)
+    assert inline_constant_identities(model.graph) == 2
+    onnx.save(model, after)
+    onnx.checker.check_model(str(after), full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Conv"]
+    assert {t.name for t in model.graph.initializer} == {"w1", "w2", "b1", "b2"}
+    x = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(_predict_x(before, x), _predict_x(after, x))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = [{"x": x}]
+
+        def get_next(self) -> dict | None:
+            return self.left.pop() if self.left else None
+
+    quantized = tmp_path / "q.onnx"
+    quantize_static(str(after), str(quantized), Reader(), quant_format=QuantFormat.QDQ)
+    int32 = {t.name for t in onnx.load(quantized).graph.initializer if t.data_type == TensorProto.INT32}
+    assert {"b1_quantized", "b2_quantized"} <= int32  # both biases quantized
+
+
+def _predict_x(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]

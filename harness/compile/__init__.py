@@ -26,6 +26,7 @@ from harness.compile.layout import clip_as_relax_ops, convert_layout, transposes
 from harness.compile.packing import dot_product_layout
 from harness.compile.provenance import timed_on, timing_machine
 from harness.compile.target import build_target, target_json
+from harness.compile.tvm_intrinsics import load_tensor_intrinsics
 from harness.device import ConvLayout, DeviceProfile
 from harness.errors import HarnessError, last_line
 from harness.export import OnnxModel
@@ -203,6 +204,8 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *,
     """
     options = options or CompileOptions()
     target = build_target(profile)
+    if target.kind.name != "llvm":  # DLight's GPU matmul rule would import every target's (fp16: minutes)
+        load_tensor_intrinsics(target)
     start = time.perf_counter()
     notes: dict[str, Any] = {}
     try:

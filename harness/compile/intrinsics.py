@@ -33,11 +33,7 @@ in none. The others keep the generic integer kernels: the harness never changes 
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
 from dataclasses import dataclass
-from pathlib import Path
 
 import tvm
 from tvm.ir.utils import derived_object
@@ -46,6 +42,8 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.script import tirx as T
 from tvm.target import codegen
 from tvm.tirx import ForKind
+
+from harness.compile.tvm_intrinsics import load_tensor_intrinsics
 
 AVX2_DOT_8x4 = "harness_dot_8x4_avx2"
 AVX512_DOT_16x4 = "harness_dot_16x4_avx512"
@@ -251,30 +249,11 @@ class RewriteLayoutUnlessPacked(ms.postproc.PyPostproc):
         return RewriteLayoutUnlessPacked()
 
 
-def load_cpu_tensor_intrinsics() -> None:
-    """Register TVM's x86 and Arm tensor intrinsics (those MetaSchedule's CPU rules name) without the rest.
-
-    MetaSchedule's TuneContext imports `tvm.s_tir.tensor_intrin`, whose package imports every target's
-    ~250 intrinsics, each parsed from TVMScript: measured 104 s in a fresh process on a 2-core EPYC, against
-    0.4 s (x86) and 4.5 s (Arm) for the two CPU modules. The package is entered here without its
-    `__init__`; its other modules still load on first import by name.
-    """
-    name = "tvm.s_tir.tensor_intrin"
-    if name not in sys.modules:
-        package = types.ModuleType(name)
-        package.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
-        package.__package__ = name
-        sys.modules[name] = package
-    for module in ("x86", "arm_cpu"):
-        importlib.import_module(f"{name}.{module}")
-
-
 def design_space(target: tvm.target.Target) -> ms.space_generator.SpaceGenerator | str:
     """MetaSchedule's CPU design space (its x86 or Arm rules), with integer kernels also tiled onto `target`'s
     8-bit dot-product intrinsic, as MetaSchedule's own VNNI and Arm spaces have them; the default space
     elsewhere."""
-    if target.kind.name == "llvm":
-        load_cpu_tensor_intrinsics()  # (before any TuneContext: it imports them all)
+    load_tensor_intrinsics(target)  # (before any TuneContext: it imports them all)
     dot = dot_product(target)
     if dot is None:
         return "post-order-apply"

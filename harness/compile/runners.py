@@ -23,6 +23,22 @@ def local_runner(threads: int) -> ms.runner.LocalRunner:
                                  initializer=functools.partial(os.putenv, "TVM_NUM_THREADS", str(threads)))
 
 
+def gpu_runner(profile: DeviceProfile, gpu: int) -> ms.runner.LocalRunner:
+    """Candidates timed on this host's CUDA GPU `gpu` (MetaSchedule's workers use device 0: the worker sees only
+    that GPU, through `CUDA_VISIBLE_DEVICES`); a one-line error where this host has no such GPU."""
+    from harness.measure import cuda_device
+
+    try:
+        cuda_device(gpu)
+    except HarnessError as exc:
+        raise HarnessError(f"device {profile.name}: tuning times candidates on the GPU, and {exc}") from None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # GPU `gpu` of these, where it is set
+    only = visible.split(",")[gpu].strip() if visible else str(gpu)
+    return ms.runner.LocalRunner(evaluator_config=candidate_timing.CONFIG,
+                                 f_run_evaluator=candidate_timing.fastest_of_repeats,
+                                 initializer=functools.partial(os.putenv, "CUDA_VISIBLE_DEVICES", only))
+
+
 def target_threads(target: tvm.target.Target) -> int:
     """The threads a CPU target's kernels are built for (its `num-cores`), else this machine's CPUs."""
     return int(target.attrs.get("num-cores") or 0) or os.cpu_count() or 1
@@ -32,6 +48,8 @@ def runner_for(profile: DeviceProfile) -> ms.runner.Runner:
     """Measure candidates locally or on the profile's board over TVM RPC (through its tracker), on the
     threads its kernels are built for (`DeviceProfile.kernel_threads`); each candidate's time is the fastest of
     `candidate_timing.REPEAT` timings."""
+    if (gpu := profile.gpu_index) is not None:
+        return gpu_runner(profile, gpu)
     if not profile.is_remote:
         return local_runner(profile.kernel_threads)
     remote = profile.remote

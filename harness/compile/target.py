@@ -23,6 +23,10 @@ import tvm
 from harness.device import DeviceProfile
 from harness.errors import HarnessError, last_line
 
+# The per-block limits MetaSchedule's GPU rules and checks need (TVM's plain `cuda` target leaves them unset): those
+# of every NVIDIA GPU since Maxwell (sm_50), as TVM's `nvidia/*` tags give them; 48 KB is the shared memory a block
+# gets without opting in to more.
+CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "thread_warp_size": 32}
 PORTABLE = "portable"
 NATIVE = "native"
 
@@ -103,10 +107,13 @@ def resolve_target_dict(spec: dict[str, Any], flags: Collection[str] | None = No
 
 
 def target_spec(profile: DeviceProfile, flags: Collection[str] | None = None) -> dict[str, Any]:
-    """The resolved target dict of `profile`: CPU targets get `num-cores` = `profile.kernel_threads`."""
+    """The resolved target dict of `profile`: CPU targets get `num-cores` = `profile.kernel_threads`, CUDA targets
+    the `CUDA_LIMITS` they do not set."""
     spec = resolve_target_dict(profile.target, flags)
     if spec.get("kind") == "llvm":
         spec["num-cores"] = profile.kernel_threads
+    if spec.get("kind") == "cuda":
+        spec = CUDA_LIMITS | spec
     if profile.host_target is not None:
         spec["host"] = resolve_target_dict(profile.host_target, flags)
     return spec
@@ -187,7 +194,7 @@ def target_key(spec: dict[str, Any]) -> str:
         parts.append(f"mattr-{_short_hash(mattr)}")
     if "num-cores" in spec:
         parts.append(f"t{spec['num-cores']}")
-    rest = {k: v for k, v in spec.items() if k not in _KNOWN}
+    rest = {k: v for k, v in spec.items() if k not in _KNOWN and not (k in CUDA_LIMITS and CUDA_LIMITS[k] == v)}
     if rest:
         parts.append(_short_hash(rest))
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts))

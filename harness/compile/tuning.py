@@ -25,7 +25,7 @@ from harness.compile.records import complete_lines, stamp_appended
 from harness.compile.runners import local_runner, runner_for, target_threads
 from harness.compile.search import RedrawingSearch
 from harness.device import DeviceProfile
-from harness.errors import last_line
+from harness.errors import HarnessError, last_line
 from harness.progress import Progress
 from harness.specs import TuningCoverage
 
@@ -70,6 +70,7 @@ class _Session:
         self.bar, self.num_tasks, self.budget_end = bar, num_tasks, budget_end
         self.deadline: float | None = None  # of the chunk being tuned (its share of the budget)
         self.trials, self.skipped, self.tasks_started, self.best, self.stopped = 0, 0, 0, {}, False
+        self.ran, self.first_error = 0, ""  # candidates timed; why the first that was not timed failed
 
     def expired(self) -> bool:
         """The budget is spent (checked once a first batch is built, so that a session always tunes something)."""
@@ -163,10 +164,13 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:  # noqa: ANN001
         session = self.session
-        for result in runner_results:
+        for built, result in zip(builder_results, runner_results, strict=True):
             if result.run_secs:
                 secs = sum(float(s) for s in result.run_secs) / len(result.run_secs)
                 session.best[task_id] = min(session.best.get(task_id, float("inf")), secs)
+                session.ran += 1
+            elif not session.first_error:
+                session.first_error = last_line(built.error_msg or result.error_msg or "no time")
         session.bar.update(0, session.status())
         if session.expired() and not session.stopped:
             session.stopped = True
@@ -275,7 +279,7 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
     refined = len(todo) - (len(tasks) - tuned_before)
     log.info("%d tuning tasks, %d already tuned for this target%s", len(tasks), tuned_before,
              f" ({refined} of them refined)" if refined else "")
-    measured, stopped, appended_after = 0, False, complete_lines(db_path)
+    measured, stopped, appended_after, failure = 0, False, complete_lines(db_path), ""
     if todo and trials > 0:
         per_task = max(8, -(-trials // len(todo)))
         deadline = start + 60 * minutes if minutes else None
@@ -308,10 +312,14 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
             finally:
                 builder.close()
             measured = session.trials
+            if measured and not session.ran and complete_lines(db_path) == appended_after:  # (no record either)
+                failure = f"none of the {measured} candidates ran; the first error: {session.first_error}"
     if database_fingerprint(db_path) is not None:
         with cache.locked(db_path):  # compiles reading the database wait for the rewrite
             stamp_appended(db_path, appended_after, timing_machine(profile) if profile is not None else host_machine())
             log.info("kept %d records (the best per kernel) in %s", compact(db_path), db_path)
+    if failure:
+        raise HarnessError(f"tuning for {profile.name if profile else target.kind.name}: {failure}"[:600])
     return TuneReport(tasks=len(tasks), tasks_tuned_before=tuned_before,
                       trials=measured, seconds=time.monotonic() - start,
                       stopped_by_deadline=stopped, coverage=tasks_coverage(tasks, target, db_path))

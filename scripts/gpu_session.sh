@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU checks of the CUDA path in one command, for a lent GPU machine whose Python has torch, onnx and
+# onnxruntime but no TVM (see README, "CUDA"): unpacks TVM from ../shared/tools/gpu-bundle's pieces, records the
+# machine, writes the CUDA table (scripts/cuda_table.py) and runs the tests marked `cuda`. Each step has its
+# share of SECONDS (default 540) and writes into OUT_DIR as it goes, so a step cut short keeps what it measured.
+#
+#   bash scripts/gpu_session.sh OUT_DIR [SECONDS]
+#
+# The bundle's first two pieces are stashed by earlier calls (mkdir -p /root/stash && cp .gpu1/* /root/stash/,
+# then .gpu2 likewise; GPU_STASH names another folder); .gpu3 is in the project root. Where `import tvm` works
+# already, nothing is unpacked. OUT_DIR receives at most 7 files: session.log, env.txt, cuda_table.csv,
+# cuda_table.md, table.log, pytest.log, results.csv.
+set -uo pipefail
+out=${1:?usage: bash scripts/gpu_session.sh OUT_DIR [SECONDS]}
+budget=${2:-540}
+root=$(pwd)
+end=$((SECONDS + budget))
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$out/session.log"; }
+
+if ! python3 -c "import tvm" 2>/dev/null; then
+  stash=${GPU_STASH:-/root/stash} site=/tmp/site
+  mkdir -p "$site"
+  if ! (cd "$site" && tar xJf "$root/.gpu3/rest.tar.xz" \
+        && cat "$stash/compiler.xz.0" "$stash/compiler.xz.1" "$root/.gpu3/compiler.xz.2" | xz -dc > tvm/lib/libtvm_compiler.so) \
+     || ! python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$root"/.gpu3/*.whl >>"$out/session.log" 2>&1
+  then
+    log "could not unpack TVM from $stash and .gpu3 (see ../shared/tools/gpu-bundle)"; exit 1
+  fi
+  export PYTHONPATH="$site:$PYTHONPATH"
+fi
+
+{ nvidia-smi; python3 -c "import tvm, torch, onnx, onnxruntime as ort, numpy, harness
+print('tvm', tvm.__version__, 'cuda', tvm.cuda(0).exist, tvm.cuda(0).device_name if tvm.cuda(0).exist else None)
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'onnx', onnx.__version__, 'onnxruntime',
+      ort.__version__, ort.get_available_providers(), 'numpy', numpy.__version__)"
+  lscpu | grep -E 'Model name|^CPU\(s\)'; } > "$out/env.txt" 2>&1
+log "machine: $(grep -E '^tvm' "$out/env.txt")"
+grep -q "cuda True" "$out/env.txt" || { log "TVM sees no CUDA GPU here: stopping (env.txt says why)"; exit 1; }
+
+ws=/tmp/cuda-table
+left=$((end - SECONDS - 150))  # what the table may take; the cuda tests get the rest
+log "CUDA table (at most ${left} s)"
+timeout "$left" python3 scripts/cuda_table.py "$out" "$ws" "${GPU_JOBS:-8}" > "$out/table.log" 2>&1
+log "table: exit $? ($(grep -c . "$out/cuda_table.csv" 2>/dev/null || echo 0) lines)"
+cp "$ws/results.csv" "$out/results.csv" 2>/dev/null
+
+left=$((end - SECONDS - 5))
+log "tests marked cuda (at most ${left} s)"
+timeout "$left" python3 -m pytest -m cuda -rs -p no:cacheprovider tests/test_cuda.py > "$out/pytest.log" 2>&1
+log "tests: exit $? ($(tail -1 "$out/pytest.log"))"
