@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "the time in its record, and name the kernels out of line (what --refine should search "
                            "again on this machine); the table is also written under results/audit/")
     _add_device_arg(tune)
+    tune.add_argument("--gpu", type=flag("gpu"), metavar="N", help="CUDA profiles: which GPU of this host (default 0)")
     _add_results_arg(tune)
     tune.set_defaults(func=commands.tune)
 

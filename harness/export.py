@@ -58,17 +58,23 @@ def inline_constant_identities(graph: onnx.GraphProto) -> int:
     an untrained model's folded BatchNorms, say), and ONNX Runtime's quantizer quantizes only biases that are
     initializers: the others stayed float ("Expected bias ... to be an initializer").
     """
-    initializers = {t.name: t for t in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    inlined = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in initializers
-               and n.output[0] not in outputs]
-    for node in inlined:
-        copy = onnx.TensorProto()
-        copy.CopyFrom(initializers[node.input[0]])
-        copy.name = node.output[0]
-        graph.initializer.append(copy)
-        graph.node.remove(node)
+    kept = {o.name for o in graph.output} | {i.name for i in graph.input}  # names the graph's users see
+    count, sources = 0, set()
+    while True:  # (an Identity of an inlined Identity is inlined next round)
+        initializers = {t.name: t for t in graph.initializer if t.name not in kept}
+        inlined = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in initializers
+                   and n.output[0] not in kept]
+        if not inlined:
+            break
+        for node in inlined:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[node.input[0]])
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+            graph.node.remove(node)
+            sources.add(node.input[0])
+        count += len(inlined)
     used = {name for n in graph.node for name in n.input}
-    for tensor in [t for t in graph.initializer if t.name not in used]:
+    for tensor in [t for t in graph.initializer if t.name in sources and t.name not in used]:
         graph.initializer.remove(tensor)
-    return len(inlined)
+    return count

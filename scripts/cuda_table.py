@@ -14,6 +14,7 @@ import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pandas as pd
@@ -59,9 +60,12 @@ def main(out: Path, results: Path, jobs: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     work = [(model, dtype, batch, results) for batch in BATCHES for model, dtypes in MODELS.items() for dtype in dtypes]
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for line in pool.map(prebuild, *zip(*work, strict=True)):
-            print(line, flush=True)
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for line in pool.map(prebuild, *zip(*work, strict=True)):
+                print(line, flush=True)
+    except BrokenProcessPool as exc:  # a compile that killed its process: the runs below compile what is missing
+        print(f"compiling in parallel stopped ({exc}); the runs compile the rest", flush=True)
     print(f"compiled {len(work)} artifacts in {time.time() - start:.0f} s", flush=True)
     ws, profile, rows = Workspace(results), load_device("cuda"), []
     for batch in BATCHES:

@@ -13,11 +13,20 @@
 set -uo pipefail
 out=${1:?usage: bash scripts/gpu_session.sh OUT_DIR [SECONDS]}
 budget=${2:-540}
+[[ $budget =~ ^[0-9]+$ ]] || { echo "SECONDS must be a whole number, not '$budget'" >&2; exit 2; }
 root=$(pwd)
 end=$((SECONDS + budget))
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$out/session.log"; }
+# step NAME SECONDS LOG COMMAND...: COMMAND within SECONDS (skipped, with a line, when under 30 are left)
+step() {
+  local name=$1 seconds=$2 file=$3; shift 3
+  if ((seconds < 30)); then log "$name: skipped (${seconds} s left)"; return; fi
+  log "$name (at most ${seconds} s)"
+  timeout "$seconds" "$@" > "$file" 2>&1
+  log "$name: exit $?"
+}
 
 if ! python3 -c "import tvm" 2>/dev/null; then
   stash=${GPU_STASH:-/root/stash} site=/tmp/site
@@ -40,13 +49,9 @@ log "machine: $(grep -E '^tvm' "$out/env.txt")"
 grep -q "cuda True" "$out/env.txt" || { log "TVM sees no CUDA GPU here: stopping (env.txt says why)"; exit 1; }
 
 ws=/tmp/cuda-table
-left=$((end - SECONDS - 150))  # what the table may take; the cuda tests get the rest
-log "CUDA table (at most ${left} s)"
-timeout "$left" python3 scripts/cuda_table.py "$out" "$ws" "${GPU_JOBS:-8}" > "$out/table.log" 2>&1
-log "table: exit $? ($(grep -c . "$out/cuda_table.csv" 2>/dev/null || echo 0) lines)"
+step "CUDA table" $((end - SECONDS - 240)) "$out/table.log" \
+  python3 scripts/cuda_table.py "$out" "$ws" "${GPU_JOBS:-8}"  # the cuda tests keep 240 s
 cp "$ws/results.csv" "$out/results.csv" 2>/dev/null
-
-left=$((end - SECONDS - 5))
-log "tests marked cuda (at most ${left} s)"
-timeout "$left" python3 -m pytest -m cuda -rs -p no:cacheprovider tests/test_cuda.py > "$out/pytest.log" 2>&1
-log "tests: exit $? ($(tail -1 "$out/pytest.log"))"
+step "tests marked cuda" $((end - SECONDS - 5)) "$out/pytest.log" \
+  python3 -m pytest -m cuda -v -rs -p no:cacheprovider tests/test_cuda.py
+log "tests: $(tail -1 "$out/pytest.log" 2>/dev/null)"

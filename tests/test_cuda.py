@@ -10,7 +10,7 @@ import torch
 import tvm
 from conftest import TINY_RECIPE, run_cli
 
-from harness.compile import compile_onnx, import_onnx, kernels, tuning
+from harness.compile import compile_onnx, import_onnx, kernels, runners, tuning
 from harness.compile.target import build_target, target_key, target_spec
 from harness.device import load_device
 from harness.errors import HarnessError
@@ -90,9 +90,17 @@ def test_tune_on_the_gpu_then_run_takes_its_schedules(write_recipe, tmp_path: Pa
 def test_cuda_target_has_the_limits_meta_schedule_needs_and_keeps_its_key() -> None:
     spec = target_spec(load_device("cuda"))
     target = tvm.target.Target(spec)
-    assert int(target.attrs["max_threads_per_block"]) == 1024 and int(target.attrs["thread_warp_size"]) == 32
+    assert int(target.attrs["max_threads_per_block"]) == 1024
+    assert int(target.attrs["max_shared_memory_per_block"]) == 49152
     assert target_key(spec) == "cuda-sm_90"  # the limits every CUDA GPU shares add nothing to the key
     assert target_key(spec | {"max_shared_memory_per_block": 98304}) != "cuda-sm_90"
+
+
+def test_tuning_workers_see_the_profiles_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert runners.visible_gpu(1) == "1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, GPU-8a1b")  # this process's GPU 1 is the host's GPU-8a1b
+    assert runners.visible_gpu(0) == "3" and runners.visible_gpu(1) == "GPU-8a1b"
 
 
 @pytest.mark.skipif(HAS_GPU, reason="this host has a CUDA GPU: its candidates run")

@@ -90,10 +90,12 @@ def test_biases_shared_through_identity_nodes_become_initializers_and_are_quanti
     rng = np.random.default_rng(0)
     weights = [numpy_helper.from_array(rng.normal(size=(3, 3, 1, 1)).astype(np.float32), f"w{i}") for i in (1, 2)]
     bias = numpy_helper.from_array(np.array([0.5, -1.0, 2.0], np.float32), "b")
-    nodes = [helper.make_node("Identity", ["b"], ["b1"]), helper.make_node("Identity", ["b"], ["b2"]),
+    nodes = [helper.make_node("Identity", ["b"], ["b1"]), helper.make_node("Identity", ["b1"], ["b2"]),
+             helper.make_node("Identity", ["b"], ["shown"]),  # a graph output: stays
              helper.make_node("Conv", ["x", "w1", "b1"], ["y1"]), helper.make_node("Conv", ["y1", "w2", "b2"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4]),
+                               helper.make_tensor_value_info("shown", TensorProto.FLOAT, [3])],
                               [*weights, bias])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     before, after = tmp_path / "before.onnx", tmp_path / "after.onnx"
@@ -101,8 +103,8 @@ def test_biases_shared_through_identity_nodes_become_initializers_and_are_quanti
     assert inline_constant_identities(model.graph) == 2
     onnx.save(model, after)
     onnx.checker.check_model(str(after), full_check=True)
-    assert [n.op_type for n in model.graph.node] == ["Conv", "Conv"]
-    assert {t.name for t in model.graph.initializer} == {"w1", "w2", "b1", "b2"}
+    assert [n.op_type for n in model.graph.node] == ["Identity", "Conv", "Conv"]  # b2 (of b1) inlined too
+    assert {t.name for t in model.graph.initializer} == {"w1", "w2", "b", "b1", "b2"}
     x = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
     np.testing.assert_array_equal(_predict_x(before, x), _predict_x(after, x))
 

@@ -204,9 +204,9 @@ def compile_onnx(model: OnnxModel, profile: DeviceProfile, out_path: Path, *,
     """
     options = options or CompileOptions()
     target = build_target(profile)
+    start = time.perf_counter()
     if target.kind.name != "llvm":  # DLight's GPU matmul rule would import every target's (fp16: minutes)
         load_tensor_intrinsics(target)
-    start = time.perf_counter()
     notes: dict[str, Any] = {}
     try:
         mod = prepare_module(model, layout=profile.layout, options=options, notes=notes,

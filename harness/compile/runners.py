@@ -32,11 +32,16 @@ def gpu_runner(profile: DeviceProfile, gpu: int) -> ms.runner.LocalRunner:
         cuda_device(gpu)
     except HarnessError as exc:
         raise HarnessError(f"device {profile.name}: tuning times candidates on the GPU, and {exc}") from None
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # GPU `gpu` of these, where it is set
-    only = visible.split(",")[gpu].strip() if visible else str(gpu)
     return ms.runner.LocalRunner(evaluator_config=candidate_timing.CONFIG,
                                  f_run_evaluator=candidate_timing.fastest_of_repeats,
-                                 initializer=functools.partial(os.putenv, "CUDA_VISIBLE_DEVICES", only))
+                                 initializer=functools.partial(os.putenv, "CUDA_VISIBLE_DEVICES", visible_gpu(gpu)))
+
+
+def visible_gpu(gpu: int) -> str:
+    """The `CUDA_VISIBLE_DEVICES` entry of this process's GPU `gpu` (its index, or the `gpu`-th entry of the list
+    this process was given: an index, a UUID or a MIG name)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",")[gpu].strip() if visible else str(gpu)
 
 
 def target_threads(target: tvm.target.Target) -> int:

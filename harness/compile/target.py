@@ -194,7 +194,8 @@ def target_key(spec: dict[str, Any]) -> str:
         parts.append(f"mattr-{_short_hash(mattr)}")
     if "num-cores" in spec:
         parts.append(f"t{spec['num-cores']}")
-    rest = {k: v for k, v in spec.items() if k not in _KNOWN and not (k in CUDA_LIMITS and CUDA_LIMITS[k] == v)}
+    implied = CUDA_LIMITS if spec.get("kind") == "cuda" else {}
+    rest = {k: v for k, v in spec.items() if k not in _KNOWN and not (k in implied and implied[k] == v)}
     if rest:
         parts.append(_short_hash(rest))
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts))

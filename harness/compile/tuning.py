@@ -70,7 +70,7 @@ class _Session:
         self.bar, self.num_tasks, self.budget_end = bar, num_tasks, budget_end
         self.deadline: float | None = None  # of the chunk being tuned (its share of the budget)
         self.trials, self.skipped, self.tasks_started, self.best, self.stopped = 0, 0, 0, {}, False
-        self.ran, self.first_error = 0, ""  # candidates timed; why the first that was not timed failed
+        self.seen, self.ran, self.first_error = 0, 0, ""  # results reported, of them timed; the first failure
 
     def expired(self) -> bool:
         """The budget is spent (checked once a first batch is built, so that a session always tunes something)."""
@@ -164,6 +164,7 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:  # noqa: ANN001
         session = self.session
+        session.seen += len(runner_results)
         for built, result in zip(builder_results, runner_results, strict=True):
             if result.run_secs:
                 secs = sum(float(s) for s in result.run_secs) / len(result.run_secs)
@@ -312,8 +313,8 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
             finally:
                 builder.close()
             measured = session.trials
-            if measured and not session.ran:  # (MetaSchedule records failed runs too, with no time)
-                failure = f"none of the {measured} candidates ran; the first error: {session.first_error}"
+            if session.seen and not session.ran:  # (MetaSchedule records failed runs too, with no time)
+                failure = f"none of the {session.seen} candidates ran; the first error: {session.first_error}"
     if database_fingerprint(db_path) is not None:
         with cache.locked(db_path):  # compiles reading the database wait for the rewrite
             stamp_appended(db_path, appended_after, timing_machine(profile) if profile is not None else host_machine())

@@ -28,8 +28,10 @@ FOR_TARGET = {"llvm": ("x86", "arm_cpu"), "cuda": ("cuda",)}  # the modules each
 
 
 def load_tensor_intrinsics(target: tvm.target.Target) -> None:
-    """Register the tensor intrinsics of `target`'s kind (none for other kinds)."""
-    modules = [m for m in FOR_TARGET.get(target.kind.name, ()) if f"{PACKAGE}.{m}" not in sys.modules]
+    """Register the tensor intrinsics of `target`'s kind; other kinds are left to TVM's import of them all."""
+    if target.kind.name not in FOR_TARGET:
+        return
+    modules = [m for m in FOR_TARGET[target.kind.name] if f"{PACKAGE}.{m}" not in sys.modules]
     if PACKAGE not in sys.modules:
         package = types.ModuleType(PACKAGE)
         package.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
