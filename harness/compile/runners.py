@@ -18,9 +18,7 @@ def local_runner(threads: int) -> ms.runner.LocalRunner:
     """Candidates timed in a worker process on `threads` threads: its `TVM_NUM_THREADS` (TVM 0.27's default is
     half the logical CPUs on x86: 1 on a 2-vCPU host), set by `os.putenv` itself as the worker's initializer (a
     function of the harness would make each worker import the harness)."""
-    return ms.runner.LocalRunner(evaluator_config=candidate_timing.CONFIG,
-                                 f_run_evaluator=candidate_timing.fastest_of_repeats,
-                                 initializer=functools.partial(os.putenv, "TVM_NUM_THREADS", str(threads)))
+    return _worker_runner("TVM_NUM_THREADS", str(threads))
 
 
 def gpu_runner(profile: DeviceProfile, gpu: int) -> ms.runner.LocalRunner:
@@ -32,9 +30,15 @@ def gpu_runner(profile: DeviceProfile, gpu: int) -> ms.runner.LocalRunner:
         cuda_device(gpu)
     except HarnessError as exc:
         raise HarnessError(f"device {profile.name}: tuning times candidates on the GPU, and {exc}") from None
+    return _worker_runner("CUDA_VISIBLE_DEVICES", visible_gpu(gpu))
+
+
+def _worker_runner(variable: str, value: str) -> ms.runner.LocalRunner:
+    """MetaSchedule's local runner, timing each candidate by `candidate_timing`, its worker started with the
+    environment variable `variable` set to `value`."""
     return ms.runner.LocalRunner(evaluator_config=candidate_timing.CONFIG,
                                  f_run_evaluator=candidate_timing.fastest_of_repeats,
-                                 initializer=functools.partial(os.putenv, "CUDA_VISIBLE_DEVICES", visible_gpu(gpu)))
+                                 initializer=functools.partial(os.putenv, variable, value))
 
 
 def visible_gpu(gpu: int) -> str:
