@@ -66,6 +66,7 @@ def profile(args: argparse.Namespace) -> DeviceProfile:
     from harness.device import load_device, parse_hostport
 
     found = load_device(args.device)
+    found.check_tools()
     if getattr(args, "rpc", None) and getattr(args, "tracker", None):
         raise HarnessError("--rpc and --tracker: give one (--rpc reaches a board's server directly, --tracker "
                            "asks a tracker for one)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -104,6 +105,14 @@ class DeviceProfile:
         """Threads a CPU target's kernels are built (and tuning candidates timed) for: the target's
         `num-cores`, else `thread_count`, else this host's logical CPUs (a remote board with `threads: auto`)."""
         return int(self.target.get("num-cores") or 0) or self.thread_count or os.cpu_count() or 1
+
+    def check_tools(self) -> None:
+        """A one-line error where this host lacks the profile's cross compiler (before anything is trained or
+        compiled for it)."""
+        if self.cross_compiler and shutil.which(self.cross_compiler) is None:
+            package = f" (on Debian/Ubuntu: apt-get install gcc-{self.cross_compiler.removesuffix('-gcc')})" \
+                if self.cross_compiler.endswith("-gcc") else ""
+            raise HarnessError(f"device {self.name}: cross compiler {self.cross_compiler!r} not found{package}")
 
     def with_gpu(self, gpu: int | None) -> DeviceProfile:
         """Override which GPU a CUDA profile runs on (CLI `--gpu`)."""

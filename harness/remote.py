@@ -51,6 +51,24 @@ def tracker_devices(host: str, port: int, key: str) -> int:
     return sum(1 for server in summary.get("server_info", []) if server.get("key", "").split(":")[-1] == key)
 
 
+def check_tracker(profile: DeviceProfile) -> tuple[str, int]:
+    """The tracker (host, port) of remote `profile`, checked at once to serve a board of its key:
+    DeviceUnreachable (one line) when nothing listens there or it has no such board."""
+    remote = profile.remote
+    if remote is None or remote.tracker is None:
+        raise HarnessError(f"device {profile.name}: no tracker or RPC address; " + HOW_TO_ATTACH.format(
+            name=profile.name))
+    host, port = parse_hostport(remote.tracker, f"device {profile.name} tracker")
+    try:
+        boards = tracker_devices(host, port, remote.key)
+    except OSError as exc:
+        raise _unreachable(profile, "RPC tracker", host, port, exc) from None
+    if boards == 0:
+        raise DeviceUnreachable(f"device {profile.name}: the tracker at {host}:{port} has no board with key "
+                                f"{remote.key!r}; " + HOW_TO_ATTACH.format(name=profile.name))
+    return host, port
+
+
 def connect(profile: DeviceProfile) -> Any:  # tvm.rpc.RPCSession
     """An RPC session on one board of `profile` (waits for a free one when a tracker serves several).
 
@@ -91,17 +109,7 @@ def _connect(profile: DeviceProfile) -> Any:
             except OSError as exc:
                 raise _unreachable(profile, "RPC server", host, port, exc) from None
             return rpc.connect(host, port, session_timeout=timeout)
-        if remote.tracker is None:
-            raise HarnessError(f"device {profile.name}: no tracker or RPC address; " + HOW_TO_ATTACH.format(
-                name=profile.name))
-        host, port = parse_hostport(remote.tracker, f"device {profile.name} tracker")
-        try:
-            boards = tracker_devices(host, port, remote.key)
-        except OSError as exc:
-            raise _unreachable(profile, "RPC tracker", host, port, exc) from None
-        if boards == 0:
-            raise DeviceUnreachable(f"device {profile.name}: the tracker at {host}:{port} has no board with key "
-                                    f"{remote.key!r}; " + HOW_TO_ATTACH.format(name=profile.name))
+        host, port = check_tracker(profile)
         return rpc.connect_tracker(host, port).request(remote.key, priority=remote.priority,
                                                        session_timeout=timeout, max_retry=2)
     except HarnessError:

@@ -16,6 +16,7 @@ from harness.build import Compiled, Exported, export_variant, structural
 from harness.compile import database, prepare_module, remeasure, tuning
 from harness.compile.intrinsics import dot_product
 from harness.compile.kernels import extract_tasks, module_tasks
+from harness.compile.runners import check_runner
 from harness.compile.target import build_target, target_key, target_spec
 from harness.data import load_data
 from harness.device import DeviceProfile
@@ -102,6 +103,7 @@ def remeasure_database(profile: DeviceProfile, ws: Workspace, recipes: list[Reci
                        progress: bool = True) -> remeasure.RemeasureReport:
     """Time the records of `profile`'s database again, here with the profile's threads or on its board: those of
     the kernels of `recipes` and their references, or every record."""
+    check_runner(profile)
     kernels = None if recipes is None else kernels_of(structural_exports(with_references(recipes), ws, progress),
                                                         profile)
     return remeasure.remeasure(tuning_database(profile, ws), build_target(profile), profile, kernels=kernels,
@@ -136,6 +138,7 @@ def tune_recipes(recipes: list[Recipe], profile: DeviceProfile, ws: Workspace, *
     """Tune `recipes` and their references (untrained: only their kernels matter). With `refine`, the kernels
     of `recipes` are tuned again too; their references' only where they have no schedule (a refine spends its
     budget on the recipes named)."""
+    check_runner(profile)
     variants = with_references(recipes)
     exports = structural_exports(variants, ws, progress)
     named = {r.key() for r in recipes}
@@ -149,6 +152,8 @@ def refresh_shipped(profile: DeviceProfile, ws: Workspace, *, trials: int, minut
 
     Returns the tuning report (None with `trials` 0: pack only), the shipped folder and its size in bytes.
     """
+    if trials > 0:
+        check_runner(profile)
     exports = structural_exports(with_references([load_recipe(n) for n in available_recipes()]), ws, progress)
     report = tune_exports(exports, profile, ws, trials=trials, minutes=minutes, progress=progress,
                           refine=exports if refine else ()) if trials > 0 else None

@@ -123,6 +123,7 @@ def test_tune_without_a_gpu_is_one_line(write_recipe, tmp_path: Path) -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.strip() == ("error: device cuda: tuning times candidates on the GPU, and no CUDA device 0 "
                                   "found on this host (no NVIDIA GPU, or its driver is not loaded)")
+    assert not list((tmp_path / "results").rglob("*.onnx"))  # checked before anything is exported
 
 
 def test_fp16_cuda_compile_loads_only_the_cuda_tensor_intrinsics(tmp_path: Path) -> None:

@@ -104,3 +104,43 @@ def test_a_run_that_outlasts_its_rpc_session_is_one_clear_error(write_recipe, tm
     *warnings, line = out.stderr.strip().splitlines()  # before it: the untuned-kernels warning (no database)
     assert all("WARNING" in w and "untuned" in w for w in warnings), warnings
     assert line.startswith("error: ") and "outlasted the RPC session (0.3 s): raise session_timeout_s" in line
+
+
+def _board_profile(tmp_path: Path, **changes) -> Path:
+    """The rpi4 profile as a file, with `changes` (None drops a key)."""
+    data = yaml.safe_load(Path("devices/rpi4.yaml").read_text()) | changes
+    path = tmp_path / "board.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in data.items() if v is not None}))
+    return path
+
+
+def test_tune_with_an_unreachable_tracker_is_one_line_before_any_export(write_recipe, tmp_path: Path) -> None:
+    """Before: the candidates were built, then TVM's RPC runner retried the tracker for minutes."""
+    board, results = _board_profile(tmp_path, cross_compiler=None), tmp_path / "results"
+    port = _free_port()
+    out = run_cli("-q", "tune", str(write_recipe(TINY_RECIPE)), "--device", str(board), "--tracker",
+                  f"127.0.0.1:{port}", "--trials", "8", "--results", str(results))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(f"error: device rpi4: cannot reach RPC tracker 127.0.0.1:{port} (")
+    assert not list(results.rglob("*.onnx"))
+
+
+def test_tuning_on_a_tracker_without_boards_of_the_key_stops_at_once() -> None:
+    from tvm.rpc.tracker import Tracker
+
+    from harness.compile.runners import runner_for
+
+    tracker = Tracker(host="127.0.0.1", port=_free_port(), port_end=65000, silent=True)
+    try:
+        with pytest.raises(DeviceUnreachable, match="has no board with key 'rpi4'"):
+            runner_for(_rpi4(tracker=f"127.0.0.1:{tracker.port}"))
+    finally:
+        tracker.terminate()
+
+
+def test_a_missing_cross_compiler_stops_a_run_before_training(write_recipe, tmp_path: Path) -> None:
+    board, results = _board_profile(tmp_path, cross_compiler="aarch64-nowhere-gcc"), tmp_path / "results"
+    out = run_cli("-q", "run", str(write_recipe(TINY_RECIPE)), "--device", str(board), "--results", str(results))
+    assert out.returncode == 2 and out.stderr == ("error: device rpi4: cross compiler 'aarch64-nowhere-gcc' not "
+                                                  "found (on Debian/Ubuntu: apt-get install gcc-aarch64-nowhere)\n")
+    assert not results.exists() or not any(results.rglob("*.*"))

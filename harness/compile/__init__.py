@@ -118,14 +118,7 @@ def _export(executable: tvm.runtime.Executable, path: Path, profile: DeviceProfi
     from tvm.support import cc
 
     tmp = cache.tmp_path(path, ".so")
-    if profile.cross_compiler:
-        import shutil
-
-        if shutil.which(profile.cross_compiler) is None:
-            raise HarnessError(
-                f"device {profile.name}: cross compiler {profile.cross_compiler!r} not found "
-                "(on Debian/Ubuntu: apt-get install gcc-aarch64-linux-gnu)"
-            )
+    profile.check_tools()
     try:
         if profile.cross_compiler:
             executable.export_library(str(tmp), fcompile=cc.cross_compiler(profile.cross_compiler))

@@ -21,15 +21,9 @@ def local_runner(threads: int) -> ms.runner.LocalRunner:
     return _worker_runner("TVM_NUM_THREADS", str(threads))
 
 
-def gpu_runner(profile: DeviceProfile, gpu: int) -> ms.runner.LocalRunner:
+def gpu_runner(gpu: int) -> ms.runner.LocalRunner:
     """Candidates timed on this host's CUDA GPU `gpu` (MetaSchedule's workers use device 0: the worker sees only
-    that GPU, through `CUDA_VISIBLE_DEVICES`); a one-line error where this host has no such GPU."""
-    from harness.measure import cuda_device
-
-    try:
-        cuda_device(gpu)
-    except HarnessError as exc:
-        raise HarnessError(f"device {profile.name}: tuning times candidates on the GPU, and {exc}") from None
+    that GPU, through `CUDA_VISIBLE_DEVICES`)."""
     return _worker_runner("CUDA_VISIBLE_DEVICES", visible_gpu(gpu))
 
 
@@ -53,17 +47,35 @@ def target_threads(target: tvm.target.Target) -> int:
     return int(target.attrs.get("num-cores") or 0) or os.cpu_count() or 1
 
 
+def check_runner(profile: DeviceProfile) -> None:
+    """A one-line error, before anything is exported or built, where the profile's candidates could not be timed:
+    its GPU is not on this host, or its tracker is unreachable or serves no board of its key (TVM's RPC runner
+    would retry each candidate for a minute)."""
+    if (gpu := profile.gpu_index) is not None:
+        from harness.measure import cuda_device
+
+        try:
+            cuda_device(gpu)
+        except HarnessError as exc:
+            raise HarnessError(f"device {profile.name}: tuning times candidates on the GPU, and {exc}") from None
+    elif profile.is_remote:
+        if profile.remote.tracker is None:
+            raise HarnessError(f"device {profile.name}: tuning over RPC needs a tracker (--tracker HOST:PORT)")
+        from harness.remote import check_tracker
+
+        check_tracker(profile)
+
+
 def runner_for(profile: DeviceProfile) -> ms.runner.Runner:
     """Measure candidates locally or on the profile's board over TVM RPC (through its tracker), on the
     threads its kernels are built for (`DeviceProfile.kernel_threads`); each candidate's time is the fastest of
-    `candidate_timing.REPEAT` timings."""
+    `candidate_timing.REPEAT` timings. Checked first (`check_runner`)."""
+    check_runner(profile)
     if (gpu := profile.gpu_index) is not None:
-        return gpu_runner(profile, gpu)
+        return gpu_runner(gpu)
     if not profile.is_remote:
         return local_runner(profile.kernel_threads)
     remote = profile.remote
-    if remote.tracker is None:
-        raise HarnessError(f"device {profile.name}: tuning over RPC needs a tracker (--tracker HOST:PORT)")
     host, port = parse_hostport(remote.tracker, f"device {profile.name} tracker")
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=remote.key,
                                  session_timeout_sec=int(remote.timeout_s))
