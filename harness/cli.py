@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="change nothing: time here the schedule each kernel of the named recipes gets, against "
                            "the time in its record, and name the kernels out of line (what --refine should search "
                            "again on this machine); the table is also written under results/audit/")
+    tune.add_argument("--batch", type=flag("batch", many=True), metavar="B,...",
+                      help="batch sizes whose kernels to tune (default: each recipe's measure.batch); with --shipped, "
+                           "the batch sizes the shipped database covers")
     _add_device_arg(tune)
     tune.add_argument("--gpu", type=flag("gpu"), metavar="N", help="CUDA profiles: which GPU of this host (default 0)")
     _add_results_arg(tune)

@@ -62,36 +62,36 @@ def tune(args: argparse.Namespace) -> int:
     if args.remeasure and not (args.shipped or args.recipe) and (args.refine or args.minutes is not None):
         raise HarnessError("tune --remeasure: --refine and --minutes tune recipes after the re-measure: name them, "
                            "or --shipped")
-    recipes = [load_recipe(r) for r in args.recipe]
-    from harness.tune import audit_recipes, refresh_shipped, remeasure_database, tune_recipes, tuning_database
+    from harness import tune as tuner
 
+    recipes = tuner.at_batches([load_recipe(r) for r in args.recipe], args.batch)
     if args.audit:
         if not recipes or args.shipped or args.refine or args.remeasure or args.minutes is not None:
             raise HarnessError("tune --audit only times what the database has: name the recipes, and no --shipped, "
                                "--refine, --remeasure or --minutes")
-        audit, path = audit_recipes(recipes, profile, ws, progress=not args.quiet)
+        audit, path = tuner.audit_recipes(recipes, profile, ws, progress=not args.quiet)
         print(f"{audit.table.to_string(index=False, float_format=lambda v: f'{v:.3f}')}\n\n{audit.summary()}\n"
               f"table: {path}")
         return 0
 
     if args.remeasure or (args.refine and (args.shipped or recipes)):  # a refine competes with this machine's times
-        report = remeasure_database(profile, ws, recipes or None, progress=not args.quiet)
-        print(f"{tuning_database(profile, ws)}: {report.summary()}")
+        report = tuner.remeasure_database(profile, ws, recipes or None, progress=not args.quiet)
+        print(f"{tuner.tuning_database(profile, ws)}: {report.summary()}")
         if not (args.shipped or recipes):
             return 0
     if args.shipped:
-        report, shipped, size = refresh_shipped(profile, ws, trials=args.trials, minutes=args.minutes,
-                                                progress=not args.quiet, refine=args.refine)
+        report, shipped, size = tuner.refresh_shipped(profile, ws, trials=args.trials, minutes=args.minutes,
+                                                      progress=not args.quiet, refine=args.refine, batches=args.batch)
         if report is not None:
             print(f"tuned every shipped recipe for {profile.name}: {report.summary()}")
         print(f"shipped database: {shipped} ({size / 1e6:.2f} MB)")
         return 0
     if not recipes:
         raise HarnessError("tune: name at least one recipe, or --shipped for all of them")
-    report = tune_recipes(recipes, profile, ws, trials=args.trials, minutes=args.minutes, progress=not args.quiet,
-                          refine=args.refine)
-    print(f"tuned {', '.join(r.name for r in recipes)} for {profile.name}: {report.summary()}")
-    print(f"database: {tuning_database(profile, ws)}")
+    report = tuner.tune_recipes(recipes, profile, ws, trials=args.trials, minutes=args.minutes,
+                                progress=not args.quiet, refine=args.refine)
+    print(f"tuned {', '.join(dict.fromkeys(r.name for r in recipes))} for {profile.name}: {report.summary()}")
+    print(f"database: {tuner.tuning_database(profile, ws)}")
     return 0
 
 

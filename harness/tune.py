@@ -124,6 +124,11 @@ def audit_recipes(recipes: list[Recipe], profile: DeviceProfile, ws: Workspace, 
     return result, path
 
 
+def at_batches(recipes: list[Recipe], batches: Sequence[int] | None) -> list[Recipe]:
+    """Each of `recipes` at each of `batches` (None: as they are); a batch size is part of the kernels' shapes."""
+    return [r.with_batch(b) for r in recipes for b in batches] if batches else recipes
+
+
 def with_references(recipes: list[Recipe]) -> list[Recipe]:
     """`recipes` and their references, each distinct variant once."""
     variants: dict[str, Recipe] = {}
@@ -147,14 +152,17 @@ def tune_recipes(recipes: list[Recipe], profile: DeviceProfile, ws: Workspace, *
 
 
 def refresh_shipped(profile: DeviceProfile, ws: Workspace, *, trials: int, minutes: float | None,
-                    progress: bool = True, refine: bool = False) -> tuple[tuning.TuneReport | None, Path, int]:
-    """Tune every shipped recipe for `profile` and write the result as the database shipped for its target.
+                    progress: bool = True, refine: bool = False, batches: Sequence[int] | None = None
+                    ) -> tuple[tuning.TuneReport | None, Path, int]:
+    """Tune every shipped recipe for `profile` (at `batches`, else at its own batch size) and write the result as
+    the database shipped for its target: the records of those recipes' kernels.
 
     Returns the tuning report (None with `trials` 0: pack only), the shipped folder and its size in bytes.
     """
     if trials > 0:
         check_runner(profile)
-    exports = structural_exports(with_references([load_recipe(n) for n in available_recipes()]), ws, progress)
+    recipes = at_batches([load_recipe(n) for n in available_recipes()], batches)
+    exports = structural_exports(with_references(recipes), ws, progress)
     report = tune_exports(exports, profile, ws, trials=trials, minutes=minutes, progress=progress,
                           refine=exports if refine else ()) if trials > 0 else None
     shipped = database.SHIPPED_DIR / target_key(target_spec(profile))

@@ -8,8 +8,12 @@
 #
 # The bundle's first two pieces are stashed by earlier calls (mkdir -p /root/stash && cp .gpu1/* /root/stash/,
 # then .gpu2 likewise; GPU_STASH names another folder); .gpu3 is in the project root. Where `import tvm` works
-# already, nothing is unpacked. OUT_DIR receives at most 7 files: session.log, env.txt, cuda_table.csv,
-# cuda_table.md, table.log, pytest.log, results.csv.
+# already, nothing is unpacked. OUT_DIR receives at most 9 files: session.log, env.txt, cuda_table.csv,
+# cuda_table.md, table.log, pytest.log, results.csv, and with tuning tune.log and cuda-db.tar.xz.
+#
+# GPU_TUNE_MINUTES=N first tunes MobileNet v1/v2 fp32 at batch 1 and 32 on the GPU for N minutes (the table then
+# takes those schedules) and returns the database as cuda-db.tar.xz (its `tuning/` folder; unpack it into a
+# results folder here and pack it with `harness tune --shipped --device cuda --batch 1,32 --trials 0`).
 set -uo pipefail
 out=${1:?usage: bash scripts/gpu_session.sh OUT_DIR [SECONDS]}
 budget=${2:-540}
@@ -49,6 +53,13 @@ log "machine: $(grep -E '^tvm' "$out/env.txt")"
 grep -q "cuda True" "$out/env.txt" || { log "TVM sees no CUDA GPU here: stopping (env.txt says why)"; exit 1; }
 
 ws=/tmp/cuda-table
+minutes=${GPU_TUNE_MINUTES:-0}
+[[ $minutes =~ ^[0-9]+$ ]] || { log "GPU_TUNE_MINUTES must be a whole number, not '$minutes'"; exit 2; }
+if ((minutes > 0)); then  # the export, task extraction and the last chunk's overrun: 120 s more
+  step "tune v1/v2 fp32, batch 1 and 32, $minutes min" $((minutes * 60 + 120)) "$out/tune.log" \
+    python3 -m harness tune v1_fp32 v2_fp32 --device cuda --batch 1,32 --minutes "$minutes" --results "$ws"
+  tar -C "$ws" -cJf "$out/cuda-db.tar.xz" tuning && log "database: $(du -h "$out/cuda-db.tar.xz" | cut -f1)"
+fi
 step "CUDA table" $((end - SECONDS - 240)) "$out/table.log" \
   python3 scripts/cuda_table.py "$out" "$ws" "${GPU_JOBS:-8}"  # the cuda tests keep 240 s
 cp "$ws/results.csv" "$out/results.csv" 2>/dev/null

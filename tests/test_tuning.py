@@ -461,3 +461,22 @@ def test_records_that_do_not_replay_are_skipped_then_dropped(same_kernel_other_n
         reopened = database.open_database(tmp_path / "db")
         assert "dropped 1 record(s)" in caplog.text
     assert len(reopened.get_all_tuning_records()) == len(stored)
+
+
+def test_tune_batch_tunes_the_kernels_of_each_batch_size(write_recipe, tmp_path: Path, monkeypatch, capsys) -> None:
+    """`tune RECIPE --batch 1,2`: a batch size is part of the kernels' shapes (CUDA's database covers 1 and 32)."""
+    from harness.cli import main
+
+    chosen: list = []
+    monkeypatch.setattr(tuning, "_tune_chunk", lambda tasks, *args: chosen.extend(tasks))
+    recipe = write_recipe(TINY_RECIPE)
+    assert main(["-q", "tune", str(recipe), "--batch", "1,2", "--trials", "10", "--results", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("tuned tiny for x86: ")
+
+    def batch(task) -> int:  # noqa: ANN001
+        from tvm.s_tir import meta_schedule as ms
+
+        return int(ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])[0].shape[0])
+
+    by_batch = {b: sum(batch(t) == b for t in chosen) for b in (1, 2)}
+    assert by_batch[1] > 0 and by_batch[1] == by_batch[2], by_batch
