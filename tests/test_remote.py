@@ -61,15 +61,21 @@ def test_server_that_never_answers_times_out() -> None:
         listener.close()
 
 
-def test_tracker_without_boards_of_the_key() -> None:
+@pytest.fixture
+def empty_tracker():
+    """A TVM RPC tracker on this host with no board registered; yields its 'host:port'."""
     from tvm.rpc.tracker import Tracker
 
     tracker = Tracker(host="127.0.0.1", port=_free_port(), port_end=65000, silent=True)
     try:
-        with pytest.raises(DeviceUnreachable, match="has no board with key 'rpi4'"):
-            connect(_rpi4(tracker=f"127.0.0.1:{tracker.port}"))
+        yield f"127.0.0.1:{tracker.port}"
     finally:
         tracker.terminate()
+
+
+def test_tracker_without_boards_of_the_key(empty_tracker: str) -> None:
+    with pytest.raises(DeviceUnreachable, match="has no board with key 'rpi4'"):
+        connect(_rpi4(tracker=empty_tracker))
 
 
 @pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="needs gcc-aarch64-linux-gnu")
@@ -125,17 +131,11 @@ def test_tune_with_an_unreachable_tracker_is_one_line_before_any_export(write_re
     assert not list(results.rglob("*.onnx"))
 
 
-def test_tuning_on_a_tracker_without_boards_of_the_key_stops_at_once() -> None:
-    from tvm.rpc.tracker import Tracker
-
+def test_tuning_on_a_tracker_without_boards_of_the_key_stops_at_once(empty_tracker: str) -> None:
     from harness.compile.runners import runner_for
 
-    tracker = Tracker(host="127.0.0.1", port=_free_port(), port_end=65000, silent=True)
-    try:
-        with pytest.raises(DeviceUnreachable, match="has no board with key 'rpi4'"):
-            runner_for(_rpi4(tracker=f"127.0.0.1:{tracker.port}"))
-    finally:
-        tracker.terminate()
+    with pytest.raises(DeviceUnreachable, match="has no board with key 'rpi4'"):
+        runner_for(_rpi4(tracker=empty_tracker))
 
 
 def test_a_missing_cross_compiler_stops_a_run_before_training(write_recipe, tmp_path: Path) -> None:
