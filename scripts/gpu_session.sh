@@ -44,6 +44,9 @@ if ! python3 -c "import tvm" 2>/dev/null; then
   export PYTHONPATH="$site:$PYTHONPATH"
 fi
 
+need="tqdm psutil cloudpickle tornado xgboost torch_pruning yaml pandas sklearn onnxscript"
+missing=$(python3 -c "import importlib.util as u, sys; print(' '.join(m for m in sys.argv[1:] if not u.find_spec(m)))" $need)
+[[ -z $missing ]] || log "missing Python modules: $missing (add them to GPU_BUNDLE_EXTRA; see README, CUDA)"
 { nvidia-smi; python3 -c "import tvm, torch, onnx, onnxruntime as ort, numpy, harness
 print('tvm', tvm.__version__, 'cuda', tvm.cuda(0).exist, tvm.cuda(0).device_name if tvm.cuda(0).exist else None)
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'onnx', onnx.__version__, 'onnxruntime',
@@ -58,7 +61,8 @@ minutes=${GPU_TUNE_MINUTES:-0}
 if ((minutes > 0)); then  # the export, task extraction and the last chunk's overrun: 120 s more
   step "tune v1/v2 fp32, batch 1 and 32, $minutes min" $((minutes * 60 + 120)) "$out/tune.log" \
     python3 -m harness tune v1_fp32 v2_fp32 --device cuda --batch 1,32 --minutes "$minutes" --results "$ws"
-  tar -C "$ws" -cJf "$out/cuda-db.tar.xz" tuning && log "database: $(du -h "$out/cuda-db.tar.xz" | cut -f1)"
+  [[ -d $ws/tuning ]] && tar -C "$ws" -cJf "$out/cuda-db.tar.xz" tuning \
+    && log "database: $(du -h "$out/cuda-db.tar.xz" | cut -f1)"
 fi
 step "CUDA table" $((end - SECONDS - 240)) "$out/table.log" \
   python3 scripts/cuda_table.py "$out" "$ws" "${GPU_JOBS:-8}"  # the cuda tests keep 240 s
