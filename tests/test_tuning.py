@@ -91,6 +91,15 @@ def test_shipped_database_is_packed_small_and_seeds_a_workspace(tuned_conv, tmp_
     assert len((fresh / database.RECORDS).read_text().splitlines()) <= 2
 
 
+def test_packing_a_database_without_records_of_the_kernels_writes_nothing(tmp_path: Path) -> None:
+    """`tune --shipped --trials 0` on a database that holds none of them would ship an empty database."""
+    db, shipped = tmp_path / "tuning" / "key", tmp_path / "shipped" / "key"
+    database.open_database(db)
+    with pytest.raises(HarnessError, match="has no records of the shipped recipes' kernels: nothing to ship"):
+        database.pack(db, shipped)
+    assert not shipped.exists()
+
+
 def test_tune_spec_is_validated_and_not_part_of_the_key() -> None:
     base = recipe_from_dict(TINY_RECIPE, "tiny")
     tuned = recipe_from_dict(TINY_RECIPE | {"tune": {"trials": 100, "minutes": 5}}, "tiny")

@@ -136,9 +136,13 @@ def pack(db_path: Path, shipped: Path, workloads: Sequence[tvm.IRModule] | None 
     keep = None if workloads is None else {tvm_ffi.structural_hash(m) for m in workloads}
     with tempfile.TemporaryDirectory() as tmp:
         src, slim = open_database(db_path), open_database(Path(tmp))
-        for record in src.get_all_tuning_records():
-            if keep is None or tvm_ffi.structural_hash(record.workload.mod) in keep:
-                _copy_record(record, slim)
+        records = [r for r in src.get_all_tuning_records()
+                   if keep is None or tvm_ffi.structural_hash(r.workload.mod) in keep]
+        if not records:
+            raise HarnessError(f"{db_path} has no records of the shipped recipes' kernels: nothing to ship (tune "
+                               "them first)")
+        for record in records:
+            _copy_record(record, slim)
         shipped.mkdir(parents=True, exist_ok=True)
         size = 0
         for name in (WORKLOADS, RECORDS):
