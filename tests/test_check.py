@@ -77,6 +77,25 @@ def test_watch_sees_another_busy_process() -> None:
     assert busy.other_cores > 0.5 and idle.other_cores >= 0
 
 
+def test_watch_discounts_the_rounding_of_cpu_times_and_reports_no_more_cores_than_the_host_has(monkeypatch) -> None:
+    """A 2 ms series read one 10 ms tick of another process as 4–7 busy cores on a 2-vCPU host."""
+    import os
+
+    from harness import noise
+
+    def window(busy_seconds: float, seconds: float) -> float:
+        host, clock = iter([0.0, busy_seconds]), iter([0.0, seconds])
+        monkeypatch.setattr(noise, "_busy_seconds", lambda: next(host))
+        monkeypatch.setattr(noise, "_own_seconds", lambda workers=False: 0.0)
+        with watch(clock=lambda: next(clock)) as load:
+            pass
+        return load.other_cores
+
+    assert window(2 * noise.TICK, 0.002) == 0.0
+    assert window(100.0, 1.0) == os.cpu_count()
+    assert window(1.0 + ((os.cpu_count() or 1) + 2) * noise.TICK, 2.0) == pytest.approx(0.5)
+
+
 def test_watch_counts_worker_processes_as_its_own_when_told() -> None:
     """A tuning runner's worker processes do the measured work: with `workers`, their CPU time is not another
     process's load."""
