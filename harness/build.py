@@ -29,6 +29,7 @@ from harness.device import DeviceProfile
 from harness.errors import HarnessError
 from harness.export import OnnxModel, export_onnx
 from harness.models import build_model
+from harness.models.counting import forward
 from harness.schema import content_hash
 from harness.specs import CompileOptions, FinetuneSpec, PruneSpec, Recipe, StepSpec
 from harness.train import fit
@@ -69,10 +70,11 @@ def _activation_bytes(model: nn.Module, batch: int, resolution: int) -> tuple[in
     sizes: list[int] = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * 4))
              for m in model.modules() if not list(m.children())]
-    with torch.no_grad():
-        model(torch.empty(batch, 3, resolution, resolution, device="meta"))
-    for hook in hooks:
-        hook.remove()
+    try:
+        forward(model, torch.empty(batch, 3, resolution, resolution, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
     return max(sizes, default=0), sum(sizes)
 
 
@@ -91,7 +93,10 @@ def preflight(recipe: Recipe, num_classes: int) -> None:
                 check_patterns(model, spec)
             except HarnessError as exc:
                 raise HarnessError(f"recipe {recipe.name}: {exc}") from None
-    largest, _ = _activation_bytes(model, recipe.measure.batch, recipe.resolution)
+    try:
+        largest, _ = _activation_bytes(model, recipe.measure.batch, recipe.resolution)
+    except HarnessError as exc:
+        raise HarnessError(f"recipe {recipe.name}: {exc}") from None
     _, total = _activation_bytes(model, recipe.train.batch_size, recipe.resolution) if recipe.train.epochs else (0, 0)
     need = max(3 * largest, 2 * total)  # inference: a layer's input, output and workspace; training: activations
     free = psutil.virtual_memory().available  # and their gradients

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -76,9 +77,9 @@ class DeviceProfile:
     def __post_init__(self) -> None:
         if "kind" not in self.target and "tag" not in self.target:
             raise ValueError("target needs a 'kind' (llvm, cuda, ...) or a 'tag'")
-        _check_target(self.target, "target")
+        _check_target(self.target, "target", KINDS)
         if self.host_target is not None:
-            _check_target(self.host_target, "host_target")
+            _check_target(self.host_target, "host_target", ("llvm",))
         if isinstance(self.threads, int):
             check("threads", "threads", self.threads)
         check("gpu", "gpu", self.gpu)
@@ -134,8 +135,12 @@ _TARGET_TYPES: dict[str, type] = {"kind": str, "tag": str, "mcpu": str, "mtriple
                                   "keys": list, "num-cores": int}
 
 
-def _check_target(target: dict[str, Any], where: str) -> None:
-    """The target attributes the harness reads have the types TVM expects (TVM checks the rest)."""
+KINDS = ("llvm", "cuda")  # the TVM target kinds the harness builds, runs and times: CPUs and NVIDIA GPUs
+
+
+def _check_target(target: dict[str, Any], where: str, kinds: Sequence[str]) -> None:
+    """The target attributes the harness reads have the types TVM expects, and the kind is one of `kinds` (TVM
+    checks the rest)."""
     for key, tp in _TARGET_TYPES.items():
         value = target.get(key)
         if value is None:
@@ -146,6 +151,8 @@ def _check_target(target: dict[str, Any], where: str) -> None:
             raise ValueError(f"{where}.{key} must be {expected}, got {shown(value)}")
     if "num-cores" in target:
         check("threads", f"{where}.num-cores", target["num-cores"])
+    if "kind" in target and target["kind"] not in kinds:
+        raise ValueError(f"{where}.kind must be one of {', '.join(kinds)}, got {shown(target['kind'])}")
 
 
 def physical_cores() -> int:

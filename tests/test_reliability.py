@@ -214,6 +214,8 @@ def _recipe_with(**changes: dict) -> dict:
     (["inspect", "mobilenet_v1", "--resolution", "7"], "--resolution: must be in [8, 2048]"),
     (["inspect", "mobilenet_v1", "--resolution", "100000"], "--resolution: must be in [8, 2048]"),
     (["inspect", "mobilenet_v1", "--classes", "0"], "--classes: must be in [2, 100000]"),
+    (["inspect", "vgg16", "--resolution", "8"], "VGG cannot take a 8x8 input: Given input size: (512x1x1)"),
+    (["inspect", "vit_b_16", "--resolution", "32"], "VisionTransformer cannot take a 32x32 input"),
     (["results", "--last", "-5"], "--last: must be in [1, 1000000]"),
     (["tune", "v1_fp32", "--trials", "-1"], "--trials: must be in [0, 10000000]"),
     (["tune", "v1_fp32", "--minutes", "0"], "--minutes: must be in (0, 10080]"),
@@ -248,6 +250,10 @@ def test_reported_flag_cases_are_one_line_errors(args: list[str], message: str, 
     (TINY_RECIPE, {"target": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}},
      "cannot run on this"),
     (TINY_RECIPE, {"target": {"kind": "llvm"}, "threads": 1000}, "threads must be in [1, 256]"),
+    (TINY_RECIPE, {"target": {"kind": "vulkan"}}, "target.kind must be one of llvm, cuda, got 'vulkan'"),
+    (TINY_RECIPE, {"target": {"kind": "cuda"}, "host_target": {"kind": "c"}}, "host_target.kind must be one of llvm"),
+    ({"model": {"name": "vgg16"}, "data": {"name": "digits", "resolution": 16}, "train": {"epochs": 0}}, None,
+     "recipe r: VGG cannot take a 16x16 input"),
     (TINY_RECIPE, {"target": {"kind": "llvm"}, "remote": {"key": "k", "tracker": "h:9190", "timeout_s": -1}},
      "timeout_s must be in (0, 604800]"),
     (TINY_RECIPE, {"target": {"kind": "llvm"}, "remote": {"key": "k", "tracker": "h:0"}}, "port must be in [1, 65535]"),
@@ -265,3 +271,25 @@ def test_reported_recipe_and_profile_cases_are_one_line_errors(recipe: dict, pro
     err = capsys.readouterr().err
     assert _is_one_line_error(err) and message in err, err
     assert not (results / "results.csv").exists() and not list(results.glob("cache/models/*/model.pt"))
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\x80\x03junk-that-is-no-pickle", "not a PyTorch checkpoint of tensors"),
+    ([1, 2, 3], "holds a list, not a state_dict"),
+    ({"weight": [1.0]}, "do not fit model 'test_mobilenet_v1': Missing key(s) in state_dict"),
+], ids=["bytes", "list", "foreign"])
+def test_a_weights_file_that_is_not_the_models_state_dict_is_one_line(content, message: str, tmp_path: Path,
+                                                                      capsys) -> None:
+    import torch
+
+    weights, results = tmp_path / "w.pt", tmp_path / "results"
+    if isinstance(content, bytes):
+        weights.write_bytes(content)
+    else:
+        torch.save({k: torch.tensor(v) for k, v in content.items()} if isinstance(content, dict) else content, weights)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe_with(model={"weights": str(weights)})))
+    assert main(["-q", "run", str(recipe), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert _is_one_line_error(err) and message in err, err
+    assert not (results / "results.csv").exists()

@@ -88,13 +88,19 @@ def _load_weights(model: nn.Module, name: str, weights: str, width: float, num_c
     if path.suffix in (".pt", ".pth") or path.exists():
         if not path.is_file():
             raise HarnessError(f"weights file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (unpickling raises many types)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HarnessError(f"weights {path}: not a PyTorch checkpoint of tensors ({first[:200]})") from None
         state = state.get("model", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise HarnessError(f"weights {path}: holds a {type(state).__name__}, not a state_dict (a dict of tensors)")
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise HarnessError(f"weights {path} do not fit model {name!r}: {first}") from None
+            detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[1:2])  # the first mismatch
+            raise HarnessError(f"weights {path} do not fit model {name!r}: {detail[:200] or exc}") from None
         return model
     import torchvision
 

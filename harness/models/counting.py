@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.errors import HarnessError, last_line
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelCost:
@@ -14,6 +16,17 @@ class ModelCost:
 
     params: int  # all parameters (weights, biases, BatchNorm affine)
     macs: int  # multiply-adds of Conv2d and Linear layers for one image
+
+
+def forward(model: nn.Module, x: torch.Tensor) -> None:
+    """`model(x)` without gradients; an input the model cannot take (too small for its depth, or not the one size
+    it was built for) is a one-line error."""
+    try:
+        with torch.no_grad():
+            model(x)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        h, w = x.shape[-2:]
+        raise HarnessError(f"{type(model).__name__} cannot take a {h}x{w} input: {last_line(exc)}") from None
 
 
 def count_params(model: nn.Module) -> int:
@@ -44,9 +57,8 @@ def count_macs(model: nn.Module, resolution: int | tuple[int, int], in_channels:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            device = next(model.parameters()).device  # the meta device counts without computing
-            model(torch.zeros(1, in_channels, h, w, device=device))
+        device = next(model.parameters()).device  # the meta device counts without computing
+        forward(model, torch.zeros(1, in_channels, h, w, device=device))
     finally:
         for handle in handles:
             handle.remove()
