@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from harness.errors import HarnessError
 from harness.limits import check, require
-from harness.schema import from_dict, load_yaml, shown
+from harness.schema import INTERNAL, from_dict, load_yaml, shown
 
 DEVICES_DIR = Path(__file__).resolve().parent.parent / "devices"
 
@@ -73,6 +73,7 @@ class DeviceProfile:
     remote: RemoteSpec | None = None  # None: run on this host
     emulator: EmulatorSpec | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
+    source: str = field(default="", compare=False, metadata={INTERNAL: True})  # as the user named it (CLI hints)
 
     def __post_init__(self) -> None:
         if "kind" not in self.target and "tag" not in self.target:
@@ -184,7 +185,7 @@ def load_device(name_or_path: str, devices_dir: Path = DEVICES_DIR) -> DevicePro
         if not path.is_file():
             allowed = ", ".join(available_devices(devices_dir)) or "none"
             raise HarnessError(f"unknown device {name_or_path!r}; available: {allowed}")
-    profile = from_dict(DeviceProfile, load_yaml(path), str(path))
+    profile = replace(from_dict(DeviceProfile, load_yaml(path), str(path)), source=str(name_or_path))
     env_host, env_port = os.environ.get("TVM_TRACKER_HOST"), os.environ.get("TVM_TRACKER_PORT")
     if profile.remote is not None and env_host:
         tracker = f"{env_host}:{env_port or 9190}"

@@ -134,7 +134,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
             raise HarnessError(f"{str(name_or_path)!r}: neither a recipe file nor a shipped recipe (shipped: "
                                f"{', '.join(available_recipes())})")
         path = RECIPES_DIR / f"{path}.yaml"
-    return recipe_from_dict(load_yaml(path), str(path), default_name=path.stem)
+    return replace(recipe_from_dict(load_yaml(path), str(path), default_name=path.stem), source=str(name_or_path))
 
 
 def available_recipes() -> list[str]:

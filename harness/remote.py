@@ -23,7 +23,7 @@ from harness.specs import MeasureSpec
 log = logging.getLogger(__name__)
 
 HOW_TO_ATTACH = ("start the emulator (python -m harness emulator start {name}), or run TVM's RPC server on the "
-                 "board and pass --tracker HOST:PORT or --rpc HOST:PORT (README: 'Real boards')")
+                 "board and pass --tracker HOST:PORT or --rpc HOST:PORT (README, section 'Boards')")
 
 
 class DeviceUnreachable(HarnessError):

@@ -170,12 +170,16 @@ def convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+INTERNAL = "internal"  # field metadata: set by the harness, not a key of the YAML file
+
+
 def from_dict(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass `cls` from a mapping; unknown or missing keys are errors naming `where`."""
     if not isinstance(data, dict):
         raise HarnessError(f"{where}: expected a mapping, got {shown(data)}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+              if f.init and not f.metadata.get(INTERNAL)}
     unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
         raise HarnessError(

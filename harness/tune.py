@@ -5,6 +5,7 @@ databases."""
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,8 +42,11 @@ def tuning_database(profile: DeviceProfile, ws: Workspace) -> Path:
 def tune_command(recipe: Recipe, profile: DeviceProfile, untuned: int) -> str:
     """The `harness tune` command that tunes the kernels `recipe` lacks on `profile`, with a fitting budget."""
     minutes = max(2, round(untuned * TUNE_MINUTES_PER_KERNEL))
-    name = recipe.name.removesuffix(":reference")
-    return f"python -m harness tune {name} --device {profile.name} --trials 100000 --minutes {minutes}"
+    name = shlex.quote(recipe.source or recipe.name.removesuffix(":reference"))
+    tracker = f" --tracker {profile.remote.tracker}" if profile.remote and profile.remote.tracker else ""
+    batch = f" --batch {recipe.measure.batch}" if recipe.measure.batch != 1 else ""
+    return (f"python -m harness tune {name} --device {shlex.quote(profile.source or profile.name)}{tracker}{batch} "
+            f"--trials 100000 --minutes {minutes}")
 
 
 def warn_untuned(compiled: Compiled, profile: DeviceProfile, ws: Workspace) -> None:

@@ -38,6 +38,17 @@ def test_tune_command_names_recipe_device_and_a_budget() -> None:
     assert cmd == "python -m harness tune v1_fp32 --device x86 --trials 100000 --minutes 9"
 
 
+def test_tune_command_names_files_as_the_user_gave_them(write_recipe, tmp_path: Path) -> None:
+    """A recipe or profile from a file is named by its path (its `name` alone is no shipped recipe or device), with
+    the tracker a board is reached through and the batch size its kernels are built for."""
+    recipe = load_recipe(str(write_recipe(TINY_RECIPE, name="my recipe"))).with_batch(4)
+    board = tmp_path / "board.yaml"
+    board.write_text(Path("devices/rpi4.yaml").read_text().replace("name: rpi4", "name: pi"))
+    cmd = tune_command(recipe.reference(), load_device(str(board)).with_remote(tracker="farm:9190"), untuned=3)
+    assert cmd == (f"python -m harness tune '{tmp_path}/my recipe.yaml' --device {board} --tracker farm:9190 "
+                   "--batch 4 --trials 100000 --minutes 2")
+
+
 def test_untuned_run_warns_once_with_the_fix_and_prints_tuned_kernels(write_recipe, tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """A run with no database for its kernels: one warning with the tune command, `tuned_kernels` in the
@@ -49,7 +60,7 @@ def test_untuned_run_warns_once_with_the_fix_and_prints_tuned_kernels(write_reci
         rows = run_here(write_recipe(TINY_RECIPE), results)
     warnings = [r.getMessage() for r in caplog.records if "untuned" in r.getMessage()]
     assert len(warnings) == 1, warnings
-    assert "python -m harness tune tiny --device x86 --trials 100000 --minutes" in warnings[0]
+    assert f"python -m harness tune {tmp_path}/tiny.yaml --device x86 --trials 100000 --minutes" in warnings[0]
     assert other.name in warnings[0] and "not used" in warnings[0]
     assert "tuned_kernels" in format_rows(rows, SUMMARY_COLUMNS)  # what `run` prints
     row = pd.read_csv(results / "results.csv").iloc[0]

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from harness.limits import check, require
-from harness.schema import content_hash
+from harness.schema import INTERNAL, content_hash
 from harness.specs.steps import (
     STEP_ALIASES,
     STEPS,
@@ -163,6 +163,7 @@ class Recipe:
     measure: MeasureSpec = field(default_factory=MeasureSpec)
     tune: TuneSpec = field(default_factory=TuneSpec)  # not part of key(): it changes speed, not the model
     sweep: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    source: str = field(default="", compare=False, metadata={INTERNAL: True})  # as the user named it (CLI hints)
 
     def __post_init__(self) -> None:
         if not self.name or self.name[0] in ".-" or not self.name.isprintable() or {"/", "\\"} & set(self.name):
