@@ -27,11 +27,13 @@ def run(args: argparse.Namespace) -> int:
     from harness.pipeline import run_recipe  # torch and TVM load after the arguments are checked
     from harness.results import SUMMARY_COLUMNS, format_rows
 
-    rows = [row for batch in (args.batch or [recipe.measure.batch])
+    batches = args.batch or [recipe.measure.batch]
+    rows = [row for batch in batches
             for row in run_recipe(recipe.with_batch(batch), profile, workspace=ws, progress=not args.quiet,
                                   record=not args.no_record, tune_minutes=args.tune_minutes)]
+    columns = (*SUMMARY_COLUMNS, "batch") if len(batches) > 1 else SUMMARY_COLUMNS
     print(format_rows(rows, (*SUMMARY_COLUMNS, "batch", "images_per_s", "torch_fp16_latency_ms")
-                      if profile.gpu_index is not None else SUMMARY_COLUMNS))
+                      if profile.gpu_index is not None else columns))
     _print_recorded(rows, ws, not args.no_record)
     return 0
 

@@ -9,7 +9,7 @@ from harness.errors import HarnessError
 
 BASELINES = ("v1_fp32", "vgg16_fp32", "resnet18_fp32", "resnet50_fp32")
 PER = ("device", "host", "dataset", "batch")  # rows are compared only with rows of the same of each
-COLUMNS = ("device", "host", "dataset", "recipe", "role", "model", "dtype", "width_mult", "resolution", "top1",
+COLUMNS = ("device", "host", "dataset", "batch", "recipe", "role", "model", "dtype", "width_mult", "resolution", "top1",
            "delta_top1", "params", "macs", "artifact_bytes", "latency_ms_median", "latency_ms_p90", "speedup",
            "tuned_kernels", "pareto", "noisy")
 
@@ -39,14 +39,14 @@ def compare_table(table: pd.DataFrame, *, device: str | None = None, baseline: s
     against `baseline` (empty where either has untuned kernels, or where the baseline was not measured on that host),
     and the Pareto front among fully tuned rows."""
     rows = latest(table)
+    if baseline not in set(rows["recipe"]):  # on any device: where it was not measured, rows have no speed-up
+        raise HarnessError(f"--baseline {baseline}: no row of that recipe (recipes in the table: "
+                           f"{', '.join(sorted(map(str, set(rows['recipe']))))})")
     if device is not None:
         if device not in set(rows["device"]):
             raise HarnessError(f"--device {device}: no results for it (devices in the table: "
                                f"{', '.join(sorted(map(str, set(rows['device']))))})")
         rows = rows[rows["device"] == device]
-    if baseline not in set(rows["recipe"]):
-        raise HarnessError(f"--baseline {baseline}: no row of that recipe (recipes in the table: "
-                           f"{', '.join(sorted(map(str, set(rows['recipe']))))})")
     groups = []
     for _, group in rows.groupby(list(PER), dropna=False, sort=False):
         group = group.copy()
@@ -65,7 +65,7 @@ def compare_table(table: pd.DataFrame, *, device: str | None = None, baseline: s
         group["pareto"] = [bool(front.get(i, False)) for i in group.index]
         groups.append(group)
     out = pd.concat(groups).reindex(columns=list(COLUMNS))
-    return out.sort_values(["device", "host", "dataset", "role", "latency_ms_median"], ignore_index=True)
+    return out.sort_values(["device", "host", "dataset", "batch", "role", "latency_ms_median"], ignore_index=True)
 
 
 def _complete(coverage: str) -> bool:

@@ -110,10 +110,9 @@ def flag(kind: str, many: bool = False) -> Callable[[str], float | int | list]:
     def parse(text: str) -> float | int | list:
         if not many:
             return one(text)
-        values = [one(v) for v in text.split(",") if v.strip()]
-        if not values:
+        if not text.strip():
             raise argparse.ArgumentTypeError(f"expected comma-separated values in {allowed}, got {text!r}")
-        return values
+        return list(dict.fromkeys(one(v.strip()) for v in text.split(",")))  # each value once, in order
 
     parse.__name__ = kind  # argparse names the type in its messages
     return parse

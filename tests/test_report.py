@@ -53,6 +53,19 @@ def test_compare_never_divides_latencies_of_two_hosts() -> None:
     assert list(legacy["speedup"].sort_values()) == [1.0, 2.0] and legacy["host"].isna().all()
 
 
+def test_compare_on_a_device_without_the_baseline_lists_its_rows_without_speed_up() -> None:
+    """The baseline exists in the table (no typo), but was not run on this device: as for another host."""
+    table = pd.DataFrame([
+        {"recipe": r, "device": d, "host": "zen", "dataset": "digits", "batch": b, "top1": 0.9,
+         "latency_ms_median": lat, "tuned_kernels": "5/5"}
+        for r, d, b, lat in [("v1_fp32", "x86", 1, 4.0), ("v1_alpha050", "rpi4", 1, 20.0),
+                             ("v1_alpha050", "x86", 1, 2.0), ("v1_alpha050", "x86", 4, 6.0)]])
+    rpi4 = compare_table(table, device="rpi4")
+    assert list(rpi4["recipe"]) == ["v1_alpha050"] and rpi4["speedup"].isna().all()
+    x86 = compare_table(table, device="x86").set_index(["batch", "recipe"])["speedup"]
+    assert x86[(1, "v1_alpha050")] == 2.0 and pd.isna(x86[(4, "v1_alpha050")])  # no baseline at batch 4
+
+
 def test_compare_puts_variants_beside_the_baseline(results: Path) -> None:
     done = run_cli("compare", "--baseline", "tiny", "--format", "json", "--results", str(results))
     assert done.returncode == 0, done.stderr
@@ -60,7 +73,7 @@ def test_compare_puts_variants_beside_the_baseline(results: Path) -> None:
     assert set(rows) == {"tiny", "tiny_pruned"}  # the in-run reference row is not a variant of its own
     assert rows["tiny"]["delta_top1"] == 0 and rows["tiny_pruned"]["macs"] < rows["tiny"]["macs"]
     assert rows["tiny"]["speedup"] is None  # untuned kernels: no speed-up is claimed
-    for fmt, marker in (("md", "| device | host | dataset |"), ("csv", "device,host,dataset,recipe"),
+    for fmt, marker in (("md", "| device | host | dataset | batch |"), ("csv", "device,host,dataset,batch,recipe"),
                         ("html", "<table"), ("text", "tiny_pruned")):
         out = run_cli("compare", "--baseline", "tiny", "--format", fmt, "--results", str(results))
         assert out.returncode == 0 and marker in out.stdout, (fmt, out.stderr)
