@@ -115,7 +115,11 @@ def _connect(profile: DeviceProfile) -> Any:
     except HarnessError:
         raise
     except (OSError, RuntimeError) as exc:  # tvm.error.TVMError is a RuntimeError
-        raise DeviceUnreachable(f"device {profile.name}: RPC failed: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0]
+        if "cannot find server that matches key" in reason:  # a server registered with a tracker, asked directly
+            reason += ("; that RPC server takes sessions through its tracker: pass --tracker with the tracker's "
+                       "HOST:PORT instead of --rpc")
+        raise DeviceUnreachable(f"device {profile.name}: RPC failed: {reason}") from None
 
 
 def board_info(session: Any) -> dict[str, Any]:

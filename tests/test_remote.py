@@ -144,3 +144,16 @@ def test_a_missing_cross_compiler_stops_a_run_before_training(write_recipe, tmp_
     assert out.returncode == 2 and out.stderr == ("error: device rpi4: cross compiler 'aarch64-nowhere-gcc' not "
                                                   "found (on Debian/Ubuntu: apt-get install gcc-aarch64-nowhere)\n")
     assert not results.exists() or not any(results.rglob("*.*"))
+
+
+def test_reaching_a_tracker_registered_server_directly_says_to_use_the_tracker(empty_tracker: str) -> None:
+    from tvm import rpc
+
+    host, port = empty_tracker.split(":")
+    server = rpc.Server(host="127.0.0.1", port=_free_port(), port_end=65000, key="rpi4",
+                        tracker_addr=(host, int(port)), silent=True)
+    try:
+        with pytest.raises(DeviceUnreachable, match="takes sessions through its tracker: pass --tracker"):
+            connect(_rpi4(direct=f"127.0.0.1:{server.port}", tracker=None, timeout_s=20))
+    finally:
+        server.terminate()
