@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.limits import RANGES
 from harness.schema import convert, from_dict, load_yaml, shown
 from harness.specs import (
     STEP_ALIASES,
@@ -81,6 +82,12 @@ def _check_applicable(recipe: Recipe, raw_data: Any, where: str) -> None:
         if len(at) > 1:
             raise HarnessError(f"{where}.steps[{at[1]}]: a second {step_kind(recipe.steps[at[1]])} step (only the last "
                                "would apply); give one")
+    smallest = RANGES["resolution"].lo
+    for i, step in enumerate(recipe.steps):
+        if isinstance(step, ResolutionSpec) and isinstance(step.value, float) \
+                and round(recipe.data.resolution * step.value) < smallest:
+            raise HarnessError(f"{where}.steps[{i}]: resolution {step.value} × {recipe.data.resolution} px is below "
+                               f"the smallest input, {smallest:g} px")
     given = set(raw_data) if isinstance(raw_data, dict) else set()
     if recipe.data.name == DatasetName.DIGITS and "path" in given:
         raise HarnessError(f"{where}.data.path: digits ships with scikit-learn and reads no folder (path is for "
