@@ -61,12 +61,14 @@ def workspace(args: argparse.Namespace, write: bool = True, recording: bool = Fa
     return ws
 
 
-def profile(args: argparse.Namespace) -> DeviceProfile:
-    """The device profile named by --device, with --tracker/--rpc (and --gpu) applied where the command has them."""
+def profile(args: argparse.Namespace, tools: bool = True) -> DeviceProfile:
+    """The device profile named by --device, with --tracker/--rpc (and --gpu) applied where the command has them;
+    `tools`: the command compiles for it, so its cross compiler must be here."""
     from harness.device import load_device, parse_hostport
 
     found = load_device(args.device)
-    found.check_tools()
+    if tools:
+        found.check_tools()
     if getattr(args, "rpc", None) and getattr(args, "tracker", None):
         raise HarnessError("--rpc and --tracker: give one (--rpc reaches a board's server directly, --tracker "
                            "asks a tracker for one)")

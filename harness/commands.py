@@ -58,9 +58,11 @@ def sweep(args: argparse.Namespace) -> int:
 def tune(args: argparse.Namespace) -> int:
     from harness.recipe import load_recipe
 
-    profile, ws = _profile(args), _workspace(args)
+    profile, ws = _profile(args, tools=args.trials > 0 or args.remeasure or args.refine), _workspace(args)
     if args.shipped and args.recipe:
         raise HarnessError("tune --shipped tunes every shipped recipe: name no recipe")
+    if args.batch and not (args.shipped or args.recipe):
+        raise HarnessError("tune --batch: the batch sizes of the recipes named (or --shipped): name them")
     if args.remeasure and not (args.shipped or args.recipe) and (args.refine or args.minutes is not None):
         raise HarnessError("tune --remeasure: --refine and --minutes tune recipes after the re-measure: name them, "
                            "or --shipped")
@@ -300,7 +302,8 @@ def devices(args: argparse.Namespace) -> int:
 
     profiles = [load_device(name) for name in available_devices()]
     if args.json:
-        print(json.dumps([asdict(p) for p in profiles], default=str, indent=2))
+        shown = [{k: v for k, v in asdict(p).items() if k != "source"} for p in profiles]  # (where it was read)
+        print(json.dumps(shown, default=str, indent=2))
         return 0
     for p in profiles:
         where = "local" if p.remote is None else f"RPC key {p.remote.key!r} via {p.remote.direct or p.remote.tracker}"

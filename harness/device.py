@@ -112,8 +112,9 @@ class DeviceProfile:
         """A one-line error where this host lacks the profile's cross compiler (before anything is trained or
         compiled for it)."""
         if self.cross_compiler and shutil.which(self.cross_compiler) is None:
-            package = f" (on Debian/Ubuntu: apt-get install gcc-{self.cross_compiler.removesuffix('-gcc')})" \
-                if self.cross_compiler.endswith("-gcc") else ""
+            compiler = Path(self.cross_compiler).name
+            package = f" (on Debian/Ubuntu: apt-get install gcc-{compiler.removesuffix('-gcc')})" \
+                if compiler.endswith("-gcc") else ""
             raise HarnessError(f"device {self.name}: cross compiler {self.cross_compiler!r} not found{package}")
 
     def with_gpu(self, gpu: int | None) -> DeviceProfile:

@@ -18,6 +18,7 @@ T = TypeVar("T")
 MAX_SPREAD = 0.10  # a series whose robust spread (1.4826 · MAD / median) is above this is noisy
 MAX_BUSY = 0.25  # other processes using more than this many cores during a series make it noisy
 TICK = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01  # the unit of the kernel's CPU times
+SLACK = 4 * TICK  # CPU time a window's counters may read from their rounding alone (each busy core's, and ours)
 
 
 def spread(values: Sequence[float]) -> float:
@@ -73,8 +74,8 @@ def watch(clock: Callable[[], float] = time.monotonic, workers: bool = False) ->
     runner's and builder's pools), so their CPU time is its own, not another process's.
 
     The kernel counts CPU time in whole clock ticks (10 ms) per core and per process, so the rounding of a
-    window of a few milliseconds alone could read as several busy cores: that rounding is discounted (a window
-    that short cannot show a busy host; its series' spread can), and no more cores are reported than the host has.
+    window of a few milliseconds alone could read as several busy cores: `SLACK` is discounted (a window that short
+    cannot show a busy host; its series' spread can), and no more cores are reported than the host has.
     """
     load = Load()
     host, own, start = _busy_seconds(), _own_seconds(workers), clock()
@@ -84,7 +85,7 @@ def watch(clock: Callable[[], float] = time.monotonic, workers: bool = False) ->
         load.seconds = clock() - start
         if load.seconds > 0:
             cpus = os.cpu_count() or 1
-            other = (_busy_seconds() - host) - (_own_seconds(workers) - own) - (cpus + 2) * TICK
+            other = (_busy_seconds() - host) - (_own_seconds(workers) - own) - SLACK
             load.other_cores = min(float(cpus), max(0.0, other / load.seconds))
 
 

@@ -63,6 +63,9 @@ def check_tracker(profile: DeviceProfile) -> tuple[str, int]:
         boards = tracker_devices(host, port, remote.key)
     except OSError as exc:
         raise _unreachable(profile, "RPC tracker", host, port, exc) from None
+    except RuntimeError as exc:  # something else listens there (TVM: "... is not RPC Tracker")
+        raise DeviceUnreachable(f"device {profile.name}: the RPC tracker at {host}:{port} does not answer as one "
+                                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})") from None
     if boards == 0:
         raise DeviceUnreachable(f"device {profile.name}: the tracker at {host}:{port} has no board with key "
                                 f"{remote.key!r}; " + HOW_TO_ATTACH.format(name=profile.name))

@@ -164,8 +164,11 @@ def build_report(table: pd.DataFrame, out: Path, runs_dir: Path, *, device: str 
         rows = rows[rows["device"] == device]
     machine = compared["device"].astype(str) + " on " + compared["host"].fillna("an unnamed host").astype(str)
     main = compared[machine == machine.mode().iloc[0]]  # the scatter plots: one device on one host
-    profile = profile or baseline
-    kernels, profiled = profile_row(rows, profile, runs_dir)
+    if profile is None and baseline not in set(rows["recipe"]):  # compare_table found it on another device
+        profile, kernels, profiled = baseline, None, f"{baseline}: not run on this device"
+    else:
+        profile = profile or baseline
+        kernels, profiled = profile_row(rows, profile, runs_dir)
     where = f"{machine[main.index[0]]}, {main['dataset'].iloc[0]}"
     figures = [
         _figure("accuracy_latency", f"top-1 against latency ({where})",

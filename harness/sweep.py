@@ -31,7 +31,7 @@ def _with_point(recipe: Recipe, point: Mapping[str, Any]) -> Recipe:
             rest.append(own[0] if own and own[0].dtype == point["dtype"] else
                         parse_step({"quantize": {"dtype": point["dtype"]}}, "sweep.dtype"))
     label = ",".join(f"{k}={v}" for k, v in point.items())
-    return replace(recipe, name=f"{recipe.name}[{label}]", steps=tuple(arch + rest), sweep={})
+    return replace(recipe, name=f"{recipe.name}[{label}]", steps=tuple(arch + rest), sweep={}, source="")
 
 
 def expand(recipe: Recipe, grid: Mapping[str, Sequence[Any]] | None = None) -> list[Recipe]:

@@ -44,9 +44,9 @@ def tune_command(recipe: Recipe, profile: DeviceProfile, untuned: int) -> str:
     minutes = max(2, round(untuned * TUNE_MINUTES_PER_KERNEL))
     name = shlex.quote(recipe.source or recipe.name.removesuffix(":reference"))
     tracker = f" --tracker {profile.remote.tracker}" if profile.remote and profile.remote.tracker else ""
-    batch = f" --batch {recipe.measure.batch}" if recipe.measure.batch != 1 else ""
-    return (f"python -m harness tune {name} --device {shlex.quote(profile.source or profile.name)}{tracker}{batch} "
-            f"--trials 100000 --minutes {minutes}")
+    gpu = f" --gpu {profile.gpu}" if profile.gpu_index else ""
+    return (f"python -m harness tune {name} --device {shlex.quote(profile.source or profile.name)}{tracker}{gpu} "
+            f"--batch {recipe.measure.batch} --trials 100000 --minutes {minutes}")
 
 
 def warn_untuned(compiled: Compiled, profile: DeviceProfile, ws: Workspace) -> None:
@@ -121,7 +121,9 @@ def audit_recipes(recipes: list[Recipe], profile: DeviceProfile, ws: Workspace, 
     exports = structural_exports(recipes, ws, progress)
     target = build_target(profile)
     per_model = module_tasks(tuning_modules(exports, profile), target)
-    models = {recipe.name: tasks for recipe, tasks in zip(recipes, per_model, strict=True)}
+    several = len({r.measure.batch for r in recipes}) > 1
+    models = {f"{r.name} (batch {r.measure.batch})" if several else r.name: tasks
+              for r, tasks in zip(recipes, per_model, strict=True)}
     result = audit(models, tuning_database(profile, ws), target, profile, progress)
     path = write_text(ws.root / "audit" / f"audit-{time.strftime('%Y%m%d-%H%M%S')}.csv",
                       result.table.to_csv(index=False))
@@ -147,7 +149,8 @@ def tune_recipes(recipes: list[Recipe], profile: DeviceProfile, ws: Workspace, *
     """Tune `recipes` and their references (untrained: only their kernels matter). With `refine`, the kernels
     of `recipes` are tuned again too; their references' only where they have no schedule (a refine spends its
     budget on the recipes named)."""
-    check_runner(profile)
+    if trials > 0:
+        check_runner(profile)
     variants = with_references(recipes)
     exports = structural_exports(variants, ws, progress)
     named = {r.key() for r in recipes}

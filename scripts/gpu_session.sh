@@ -13,7 +13,9 @@
 #
 # GPU_TUNE_MINUTES=N first tunes MobileNet v1/v2 fp32 at batch 1 and 32 on the GPU for N minutes (the table then
 # takes those schedules) and returns the database as cuda-db.tar.xz (its `tuning/` folder; unpack it into a
-# results folder here and pack it with `harness tune --shipped --device cuda --batch 1,32 --trials 0`).
+# results folder here and pack it with `harness tune --shipped --device cuda --batch 1,32 --trials 0`). The table
+# and tests keep 360 s of SECONDS; with GPU_ONLY_TUNE=1 tuning takes it all and the script ends there (a next call
+# on the still-warm machine then writes the table with those schedules: they stay in /tmp/cuda-table).
 set -uo pipefail
 out=${1:?usage: bash scripts/gpu_session.sh OUT_DIR [SECONDS]}
 budget=${2:-540}
@@ -44,9 +46,12 @@ if ! python3 -c "import tvm" 2>/dev/null; then
   export PYTHONPATH="$site:$PYTHONPATH"
 fi
 
-need="tqdm psutil cloudpickle tornado xgboost torch_pruning yaml pandas sklearn onnxscript"
+need="torch torchvision onnx onnxruntime onnxscript numpy pandas yaml sklearn tqdm psutil cloudpickle tornado xgboost
+      torch_pruning pytest"
 missing=$(python3 -c "import importlib.util as u, sys; print(' '.join(m for m in sys.argv[1:] if not u.find_spec(m)))" $need)
-[[ -z $missing ]] || log "missing Python modules: $missing (add them to GPU_BUNDLE_EXTRA; see README, CUDA)"
+if [[ -n $missing ]]; then
+  log "missing Python modules: $missing (add them to GPU_BUNDLE_EXTRA; see README, CUDA): stopping"; exit 1
+fi
 { nvidia-smi; python3 -c "import tvm, torch, onnx, onnxruntime as ort, numpy, harness
 print('tvm', tvm.__version__, 'cuda', tvm.cuda(0).exist, tvm.cuda(0).device_name if tvm.cuda(0).exist else None)
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'onnx', onnx.__version__, 'onnxruntime',
@@ -58,12 +63,20 @@ grep -q "cuda True" "$out/env.txt" || { log "TVM sees no CUDA GPU here: stopping
 ws=/tmp/cuda-table
 minutes=${GPU_TUNE_MINUTES:-0}
 [[ $minutes =~ ^[0-9]+$ ]] || { log "GPU_TUNE_MINUTES must be a whole number, not '$minutes'"; exit 2; }
-if ((minutes > 0)); then  # the export, task extraction and the last chunk's overrun: 120 s more
+only=${GPU_ONLY_TUNE:-0}
+reserve=$((only == 1 ? 0 : 360))  # unless only tuning: the table keeps at least 120 s and the tests 240
+# tuning takes the export, task extraction and the last chunk's overrun (120 s) beyond its minutes
+if ((minutes > 0 && minutes * 60 + 120 > end - SECONDS - reserve)); then
+  log "GPU_TUNE_MINUTES=$minutes does not fit in $budget s (give SECONDS >= $((minutes * 60 + 120 + reserve))):" \
+    "not tuning"
+elif ((minutes > 0)); then
   step "tune v1/v2 fp32, batch 1 and 32, $minutes min" $((minutes * 60 + 120)) "$out/tune.log" \
-    python3 -m harness tune v1_fp32 v2_fp32 --device cuda --batch 1,32 --minutes "$minutes" --results "$ws"
+    python3 -m harness tune v1_fp32 v2_fp32 --device cuda --batch 1,32 --minutes "$minutes" --trials 100000 \
+    --results "$ws"
   [[ -d $ws/tuning ]] && tar -C "$ws" -cJf "$out/cuda-db.tar.xz" tuning \
     && log "database: $(du -h "$out/cuda-db.tar.xz" | cut -f1)"
 fi
+((only == 1)) && exit 0
 step "CUDA table" $((end - SECONDS - 240)) "$out/table.log" \
   python3 scripts/cuda_table.py "$out" "$ws" "${GPU_JOBS:-8}"  # the cuda tests keep 240 s
 cp "$ws/results.csv" "$out/results.csv" 2>/dev/null

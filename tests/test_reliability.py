@@ -218,6 +218,7 @@ def _recipe_with(**changes: dict) -> dict:
     (["inspect", "vit_b_16", "--resolution", "32"], "VisionTransformer cannot take a 32x32 input"),
     (["results", "--last", "-5"], "--last: must be in [1, 1000000]"),
     (["run", "v1_fp32", "--batch", "1,,2"], "--batch: expected a whole number in [1, 1024], got ''"),
+    (["tune", "--remeasure", "--batch", "4"], "tune --batch: the batch sizes of the recipes named (or --shipped)"),
     (["tune", "v1_fp32", "--trials", "-1"], "--trials: must be in [0, 10000000]"),
     (["tune", "v1_fp32", "--minutes", "0"], "--minutes: must be in (0, 10080]"),
     (["bench", "v1_fp32", "--repeats", "0"], "--rounds/--repeats: must be in [1, 100000]"),

@@ -1,6 +1,7 @@
 """RPC failure paths: no tracker, a tracker without boards, a server that never answers, and what a run
 keeps (the cross-compiled artifact) when no board can be reached."""
 
+import contextlib
 import logging
 import shutil
 import socket
@@ -157,3 +158,27 @@ def test_reaching_a_tracker_registered_server_directly_says_to_use_the_tracker(e
             connect(_rpi4(direct=f"127.0.0.1:{server.port}", tracker=None, timeout_s=20))
     finally:
         server.terminate()
+
+
+def test_a_tracker_address_where_another_service_answers_is_one_line() -> None:
+    """TVM raises a RuntimeError there ("... is not RPC Tracker"); tuning checks the tracker before anything else."""
+    from harness.compile.runners import check_runner
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                conn.recv(4)
+                conn.sendall(b"\0\0\0\0")  # not TVM's tracker magic
+                conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with pytest.raises(DeviceUnreachable, match="does not answer as one .*is not RPC Tracker"):
+            check_runner(_rpi4(tracker=f"127.0.0.1:{listener.getsockname()[1]}"))
+    finally:
+        listener.close()

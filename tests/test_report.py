@@ -79,6 +79,17 @@ def test_compare_puts_variants_beside_the_baseline(results: Path) -> None:
         assert out.returncode == 0 and marker in out.stdout, (fmt, out.stderr)
 
 
+def test_report_on_a_device_without_the_baseline(results: Path, tmp_path: Path) -> None:
+    """Its rows are listed without speed-up, and the kernel figure (the baseline's by default) says why it is empty."""
+    from harness.report import build_report
+
+    table = pd.read_csv(results / "results.csv")
+    board = table[table["recipe"] == "tiny_pruned"].assign(device="rpi4")
+    html_path, md_path = build_report(pd.concat([table, board]), tmp_path / "report", results / "runs",
+                                      device="rpi4", baseline="tiny")
+    assert "per-kernel latency: tiny: not run on this device" in md_path.read_text() and html_path.is_file()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--baseline", "nope"], "--baseline nope: no row of that recipe"),
     (["--device", "rpi9", "--baseline", "tiny"], "--device rpi9: no results for it"),

@@ -24,6 +24,12 @@ def test_recipe_sweep_key_is_the_default_grid() -> None:
     assert [v.width for v in expand(recipe)] == [0.25, 0.5]
 
 
+def test_a_cell_is_not_its_recipe_file() -> None:
+    """The untuned-kernels hint names a recipe by its file; a cell's kernels are not that file's."""
+    cells = expand(load_recipe("v1_grid"))
+    assert load_recipe("v1_grid").source == "v1_grid" and all(c.source == "" for c in cells)
+
+
 def test_sweep_errors() -> None:
     recipe = load_recipe("v1_fp32")
     with pytest.raises(HarnessError, match="nothing to sweep"):

@@ -35,7 +35,7 @@ def test_ratios_are_left_empty_with_the_reason_when_kernels_are_untuned() -> Non
 
 def test_tune_command_names_recipe_device_and_a_budget() -> None:
     cmd = tune_command(load_recipe("v1_fp32").reference(), load_device("x86"), untuned=30)
-    assert cmd == "python -m harness tune v1_fp32 --device x86 --trials 100000 --minutes 9"
+    assert cmd == "python -m harness tune v1_fp32 --device x86 --batch 1 --trials 100000 --minutes 9"
 
 
 def test_tune_command_names_files_as_the_user_gave_them(write_recipe, tmp_path: Path) -> None:
@@ -60,7 +60,8 @@ def test_untuned_run_warns_once_with_the_fix_and_prints_tuned_kernels(write_reci
         rows = run_here(write_recipe(TINY_RECIPE), results)
     warnings = [r.getMessage() for r in caplog.records if "untuned" in r.getMessage()]
     assert len(warnings) == 1, warnings
-    assert f"python -m harness tune {tmp_path}/tiny.yaml --device x86 --trials 100000 --minutes" in warnings[0]
+    assert f"python -m harness tune {tmp_path}/tiny.yaml --device x86 --batch 1 --trials 100000 --minutes" \
+        in warnings[0]
     assert other.name in warnings[0] and "not used" in warnings[0]
     assert "tuned_kernels" in format_rows(rows, SUMMARY_COLUMNS)  # what `run` prints
     row = pd.read_csv(results / "results.csv").iloc[0]

@@ -139,8 +139,8 @@ def pack(db_path: Path, shipped: Path, workloads: Sequence[tvm.IRModule] | None 
         records = [r for r in src.get_all_tuning_records()
                    if keep is None or tvm_ffi.structural_hash(r.workload.mod) in keep]
         if not records:
-            raise HarnessError(f"{db_path} has no records of the shipped recipes' kernels: nothing to ship (tune "
-                               "them first)")
+            raise HarnessError(f"{db_path} has no records of the kernels to ship: nothing to ship (tune them "
+                               "first)")
         for record in records:
             _copy_record(record, slim)
         shipped.mkdir(parents=True, exist_ok=True)
