@@ -82,12 +82,7 @@ def _check_applicable(recipe: Recipe, raw_data: Any, where: str) -> None:
         if len(at) > 1:
             raise HarnessError(f"{where}.steps[{at[1]}]: a second {step_kind(recipe.steps[at[1]])} step (only the last "
                                "would apply); give one")
-    smallest = RANGES["resolution"].lo
-    for i, step in enumerate(recipe.steps):
-        if isinstance(step, ResolutionSpec) and isinstance(step.value, float) \
-                and round(recipe.data.resolution * step.value) < smallest:
-            raise HarnessError(f"{where}.steps[{i}]: resolution {step.value} × {recipe.data.resolution} px is below "
-                               f"the smallest input, {smallest:g} px")
+    check_resolution(recipe, f"{where}.steps")
     given = set(raw_data) if isinstance(raw_data, dict) else set()
     if recipe.data.name == DatasetName.DIGITS and "path" in given:
         raise HarnessError(f"{where}.data.path: digits ships with scikit-learn and reads no folder (path is for "
@@ -95,6 +90,16 @@ def _check_applicable(recipe: Recipe, raw_data: Any, where: str) -> None:
     if recipe.data.name != DatasetName.DIGITS and "val_fraction" in given:
         raise HarnessError(f"{where}.data.val_fraction: applies to digits only ({recipe.data.name} has its own "
                            "validation split)")
+
+
+def check_resolution(recipe: Recipe, where: str) -> None:
+    """A resolution multiplier that gives less than the smallest input is an error (it would be raised to it)."""
+    smallest = RANGES["resolution"].lo
+    for i, step in enumerate(recipe.steps):
+        if isinstance(step, ResolutionSpec) and isinstance(step.value, float) \
+                and round(recipe.data.resolution * step.value) < smallest:
+            raise HarnessError(f"{where}[{i}]: resolution {step.value} × {recipe.data.resolution} px is below the "
+                               f"smallest input, {smallest:g} px")
 
 
 def recipe_from_dict(data: dict[str, Any], where: str, default_name: str = "recipe") -> Recipe:

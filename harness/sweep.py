@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.recipe import check_sweep, parse_step
+from harness.recipe import check_resolution, check_sweep, parse_step
 from harness.specs import Recipe, ResolutionSpec, WidthSpec, step_kind
 
 
@@ -31,7 +31,9 @@ def _with_point(recipe: Recipe, point: Mapping[str, Any]) -> Recipe:
             rest.append(own[0] if own and own[0].dtype == point["dtype"] else
                         parse_step({"quantize": {"dtype": point["dtype"]}}, "sweep.dtype"))
     label = ",".join(f"{k}={v}" for k, v in point.items())
-    return replace(recipe, name=f"{recipe.name}[{label}]", steps=tuple(arch + rest), sweep={}, source="")
+    cell = replace(recipe, name=f"{recipe.name}[{label}]", steps=tuple(arch + rest), sweep={}, source="")
+    check_resolution(cell, f"sweep cell {cell.name}: steps")
+    return cell
 
 
 def expand(recipe: Recipe, grid: Mapping[str, Sequence[Any]] | None = None) -> list[Recipe]:

@@ -30,6 +30,14 @@ def test_a_cell_is_not_its_recipe_file() -> None:
     assert load_recipe("v1_grid").source == "v1_grid" and all(c.source == "" for c in cells)
 
 
+def test_a_resolution_multiplier_below_the_smallest_input_is_an_error() -> None:
+    recipe = recipe_from_dict({"model": {"name": "mobilenet_v1"}, "data": {"resolution": 32},
+                               "sweep": {"resolution": [0.5, 0.1]}}, "r.yaml")
+    with pytest.raises(HarnessError, match=r"sweep cell recipe\[resolution=0.1\]: steps\[0\]: resolution 0.1 × 32 "
+                                           "px is below the smallest input, 8 px"):
+        expand(recipe)
+
+
 def test_sweep_errors() -> None:
     recipe = load_recipe("v1_fp32")
     with pytest.raises(HarnessError, match="nothing to sweep"):
