@@ -10,6 +10,7 @@ from dataclasses import replace
 from harness.build import Compiled
 from harness.data import DataSplits
 from harness.device import DeviceProfile, parse_hostport
+from harness.errors import first_line
 from harness.measure_variant import measure_variant
 from harness.remote import DeviceUnreachable
 from harness.results import Row
@@ -41,7 +42,7 @@ def measure_retrying(compiled: Compiled, splits: DataSplits, profile: DeviceProf
         except (RuntimeError, OSError) as exc:  # TVM's RPC errors are RuntimeErrors
             if not profile.is_remote:
                 raise
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             if type(exc).__name__ == "RPCSessionTimeoutError":  # another board would time out alike
                 raise DeviceUnreachable(f"device {profile.name}: {name} outlasted the RPC session "
                                         f"({profile.remote.session_timeout_s:g} s): raise session_timeout_s in "

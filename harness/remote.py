@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from harness.device import DeviceProfile, parse_hostport
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.specs import MeasureSpec
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def check_tracker(profile: DeviceProfile) -> tuple[str, int]:
         raise _unreachable(profile, "RPC tracker", host, port, exc) from None
     except RuntimeError as exc:  # something else listens there (TVM: "... is not RPC Tracker")
         raise DeviceUnreachable(f"device {profile.name}: the RPC tracker at {host}:{port} does not answer as one "
-                                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})") from None
+                                f"({first_line(exc)})") from None
     if boards == 0:
         raise DeviceUnreachable(f"device {profile.name}: the tracker at {host}:{port} has no board with key "
                                 f"{remote.key!r}; " + HOW_TO_ATTACH.format(name=profile.name))
@@ -118,7 +118,7 @@ def _connect(profile: DeviceProfile) -> Any:
     except HarnessError:
         raise
     except (OSError, RuntimeError) as exc:  # tvm.error.TVMError is a RuntimeError
-        reason = str(exc).splitlines()[0]
+        reason = first_line(exc)
         if "cannot find server that matches key" in reason:  # a server registered with a tracker, asked directly
             reason += ("; that RPC server takes sessions through its tracker: pass --tracker with the tracker's "
                        "HOST:PORT instead of --rpc")

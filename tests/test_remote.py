@@ -182,3 +182,14 @@ def test_a_tracker_address_where_another_service_answers_is_one_line() -> None:
             check_runner(_rpi4(tracker=f"127.0.0.1:{listener.getsockname()[1]}"))
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("exc, first, last", [
+    (RuntimeError("Traceback:\n  frame\nCheck failed: x"), "Traceback:", "Check failed: x"),
+    (ConnectionResetError(), "ConnectionResetError", "ConnectionResetError"),  # RPC errors may carry no message
+    (OSError("  \n"), "OSError", "OSError"),
+])
+def test_error_lines_name_the_type_when_the_message_is_empty(exc: BaseException, first: str, last: str) -> None:
+    from harness.errors import first_line, last_line
+
+    assert (first_line(exc), last_line(exc)) == (first, last)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.models.counting import ModelCost, count_macs, count_params, model_cost
 from harness.models.mobilenet_v1 import V1_BLOCKS, MobileNetV1
 
@@ -91,8 +91,8 @@ def _load_weights(model: nn.Module, name: str, weights: str, width: float, num_c
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 (unpickling raises many types)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise HarnessError(f"weights {path}: not a PyTorch checkpoint of tensors ({first[:200]})") from None
+            raise HarnessError(f"weights {path}: not a PyTorch checkpoint of tensors "
+                               f"({first_line(exc)[:200]})") from None
         state = state.get("model", state) if isinstance(state, dict) else state
         if not isinstance(state, dict):
             raise HarnessError(f"weights {path}: holds a {type(state).__name__}, not a state_dict (a dict of tensors)")
