@@ -54,7 +54,7 @@ def _add_device_arg(parser: argparse.ArgumentParser, help: str = "device profile
 def _add_device_args(parser: argparse.ArgumentParser) -> None:
     _add_device_arg(parser)
     _add_results_arg(parser)
-    parser.add_argument("--no-record", action="store_true", help="print the rows without appending them")
+    parser.add_argument("--no-record", action="store_true", help="print the rows; append none and keep no run folder")
     parser.add_argument("--eval-samples", type=flag("samples"), metavar="N",
                         help="evaluate on the first N images of the eval split (e.g. on slow emulated boards)")
 

@@ -53,7 +53,8 @@ def compare(rows: list[Row], ref: Row) -> list[Row]:
 def run_variants(variants: list[Recipe], reference: Recipe, profile: DeviceProfile, *,
                  workspace: Workspace | None = None, progress: bool = True, record: bool = True,
                  tune_minutes: float | None = None) -> list[Row]:
-    """Measure `reference` and each variant in one run on `profile`; append the rows to the results table.
+    """Measure `reference` and each variant in one run on `profile`; append the rows to the results table
+    (`record`; else the run leaves no folder under `runs/`).
 
     `tune_minutes`: first tune the kernels the database lacks, for at most that long (as does a recipe's `tune:`).
     """
@@ -86,6 +87,8 @@ def run_variants(variants: list[Recipe], reference: Recipe, profile: DeviceProfi
     (run_dir / RUNNING).unlink()
     if record:
         append_rows(rows, ws.table)
+    else:  # no row names the run: its folder would be an orphan
+        shutil.rmtree(run_dir)
     return rows
 
 

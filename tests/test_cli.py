@@ -49,6 +49,11 @@ def test_run_tiny_recipe_end_to_end(write_recipe, tmp_path: Path) -> None:
     again = run_cli("run", str(recipe), "--results", str(results))
     assert again.returncode == 0 and "reusing trained model" in again.stderr and "reusing compiled" in again.stderr
     assert len(pd.read_csv(results / "results.csv")) == 2
+    # --no-record prints the row and leaves neither a row nor a run folder.
+    runs = sorted((results / "runs").iterdir())
+    dry = run_cli("-q", "run", str(recipe), "--results", str(results), "--no-record")
+    assert dry.returncode == 0 and "tiny" in dry.stdout and "appended" not in dry.stdout, dry.stderr
+    assert len(pd.read_csv(results / "results.csv")) == 2 and sorted((results / "runs").iterdir()) == runs
 
 
 @pytest.mark.parametrize(
