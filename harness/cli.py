@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     emu = sub("emulator", help="emulated aarch64 boards (qemu-user) serving TVM RPC on a local tracker")
     emu.add_argument("action", choices=["setup", "start", "stop", "status"])
     emu.add_argument("device", nargs="?", help="device profile with an emulator section, e.g. rpi4")
-    emu.add_argument("--boards", type=flag("count"), default=1, help="boards to start (default 1)")
+    emu.add_argument("--boards", type=flag("count"), default=1, help="boards of the device to have running (default 1)")
     emu.add_argument("--drop-after", type=flag("seconds"), metavar="S",
                      help="fault injection for testing: each board dies S seconds into its first session")
     emu.set_defaults(func=commands.emulator)

@@ -234,9 +234,9 @@ def emulator(args: argparse.Namespace) -> int:
 
     profile = load_device(args.device) if args.device is not None else None  # an unknown name is an error
     if args.action == "status":
-        state, counts = emulator.status()
+        state, counts = emulator.status(profile.name if profile else None)
         if not state.boards:
-            print("no emulated boards running")
+            print(f"no emulated {profile.name + ' ' if profile else ''}boards running")
             return 0
         print(f"tracker 127.0.0.1:{state.tracker_port}")
         for board in state.boards:
@@ -253,10 +253,12 @@ def emulator(args: argparse.Namespace) -> int:
     if args.action == "setup":
         print(f"emulated root ready: {emulator.setup(emulator.spec_of(profile))}")
         return 0
-    boards = emulator.start(profile, args.boards, args.drop_after)
+    running = len(emulator.status(profile.name)[0].boards)  # --boards is how many to have, not to add
+    boards = emulator.start(profile, max(0, args.boards - running), args.drop_after)
     tracker = f"127.0.0.1:{profile.emulator.tracker_port}"
-    print(f"started {len(boards)} emulated {profile.name} board(s) on tracker {tracker}, key {profile.remote.key!r}: "
-          + ", ".join(f"{b.name} (pid {b.pid})" for b in boards))
+    names = ", ".join(f"{b.name} (pid {b.pid})" for b in boards)
+    print(f"started {len(boards)} emulated {profile.name} board(s) on tracker {tracker}, key {profile.remote.key!r}"
+          + (f": {names}" if boards else "") + (f"; {running} already running" if running else ""))
     print(f"latencies measured on them are qemu's, not the board's; run: python -m harness run RECIPE --device "
           f"{profile.name}")
     return 0

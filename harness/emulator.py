@@ -246,12 +246,13 @@ def stop(device: str | None = None, names: set[str] | None = None) -> list[Board
     return stopping
 
 
-def status() -> tuple[State, dict[str, int]]:
-    """The recorded boards (dead ones dropped) and, per key, how many the tracker has registered."""
+def status(device: str | None = None) -> tuple[State, dict[str, int]]:
+    """The recorded boards (of `device`, or all; dead ones dropped) and, per key, how many the tracker has
+    registered."""
     from harness.remote import tracker_devices
 
     state = load_state()
-    state.boards = [b for b in state.boards if _alive(b.pid)]
+    state.boards = [b for b in state.boards if _alive(b.pid) and device in (None, b.device)]
     counts = {}
     if _alive(state.tracker_pid):
         for key in {b.key for b in state.boards}:

@@ -3,6 +3,7 @@ wrong step order are one-line errors naming the file and the key."""
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -37,8 +38,8 @@ def parse_step(raw: Any, where: str) -> StepSpec:
     if kind not in STEPS:
         raise HarnessError(f"{where}: unknown step {kind!r}; allowed: {', '.join(STEPS)}")
     cls = STEPS[kind]
-    if issubclass(cls, ArchitectureStep):
-        value = {"value": value}
+    if issubclass(cls, ArchitectureStep):  # `- width: 0.5`: errors name the step's key, not the field behind it
+        value = {"value": convert(typing.get_type_hints(cls)["value"], value, f"{where}.{kind}")}
     elif value is None:
         value = {}
     elif not isinstance(value, dict):

@@ -151,3 +151,14 @@ def test_int8_on_an_emulated_rpi5_runs_sdot_and_agrees_with_onnx_runtime(rpi5_bo
 def test_emulator_cli_status_lists_the_boards(boards) -> None:
     out = run_cli("emulator", "status")
     assert out.returncode == 0 and "rpi4: 2 board(s) registered" in out.stdout
+    only = run_cli("emulator", "status", "rpi4")  # the module's rpi5 board, where it runs, is not listed
+    assert only.returncode == 0 and "rpi4: 2 board(s) registered" in only.stdout and "rpi5" not in only.stdout
+    assert run_cli("emulator", "status", "rpi5").stdout.count("rpi5-") == len(emulator.status("rpi5")[0].boards)
+
+
+def test_emulator_cli_start_tops_up_to_the_count(boards) -> None:
+    """`--boards N` is how many boards of the device to have: a second `start` does not add more."""
+    out = run_cli("emulator", "start", "rpi4", "--boards", "2")
+    assert out.returncode == 0 and "started 0 emulated rpi4 board(s)" in out.stdout, out.stderr
+    assert "; 2 already running" in out.stdout
+    assert len(emulator.status("rpi4")[0].boards) == 2

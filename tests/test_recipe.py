@@ -56,6 +56,8 @@ def test_keys_change_with_what_matters() -> None:
         (_recipe(steps=[{"shrink": 1}]), r"r\.yaml\.steps\[0\]: unknown step 'shrink'; allowed: width, resolution"),
         (_recipe(steps=[{"width": 0.5, "resolution": 1}]), r"a step is a mapping with one key"),
         (_recipe(steps=[{"width": -1}]), r"steps\[0\]\.width: width must be in \(0, 4\]"),
+        (_recipe(steps=[{"width": "x"}]), r"steps\[0\]\.width: expected float, got 'x'$"),  # not .width.value
+        (_recipe(steps=[{"resolution": [1]}]), r"steps\[0\]\.resolution: expected int or float, got \[1\]$"),
         (_recipe(steps=[{"finetune": {"epochs": 1}}, {"width": 0.5}]), r"width must come before finetune"),
         (_recipe(steps=[{"finetune": 3}]), r"finetune: expected a mapping of options"),
         (_recipe(sweep={"depth": [1]}), r"sweep: unknown key 'depth'"),
