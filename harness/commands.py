@@ -197,9 +197,12 @@ def _check_stored(args: argparse.Namespace, ws) -> tuple[list | None, dict]:  # 
     baseline = check.load_baseline(Path(args.against)) if args.against else None
     from harness.pipeline import run_recipe
 
-    names = args.recipe or sorted(set(baseline["recipe"]))  # a baseline has rows (load_baseline checks)
-    rows = [row for name in names
-            for row in run_recipe(load_recipe(name), profile, workspace=ws, progress=not args.quiet, record=False)]
+    try:  # every recipe loads before the first is measured
+        recipes = [load_recipe(n) for n in args.recipe or sorted(set(baseline["recipe"]))]  # a baseline has rows
+    except HarnessError as exc:
+        raise HarnessError(f"{exc}" + ("" if args.recipe else "; name the baseline's recipe files")) from None
+    rows = [row for recipe in recipes
+            for row in run_recipe(recipe, profile, workspace=ws, progress=not args.quiet, record=False)]
     if baseline is None:
         print(f"saved the baseline of {len(rows)} row(s) to {check.save_baseline(rows, Path(args.save))}")
         return None, {}

@@ -274,3 +274,17 @@ def test_check_of_two_saved_sets_times_the_recipes_named_which_both_must_have(ti
     done = run_cli("-q", "check", str(other), "--base", str(base), "--new", str(wide), "--out", str(root / "o"))
     assert done.returncode == 2 and done.stderr.startswith(f"error: the new builds ({wide}) have no other (they "
                                                            "have: tiny)"), done.stderr
+
+
+def test_against_without_recipes_names_the_baselines_recipe_it_cannot_find(tmp_path: Path) -> None:
+    """Without recipes, the baseline's own recipe names are loaded, all before anything is measured."""
+    from harness.check import BASELINE_FORMAT, CONDITIONS, METRICS
+
+    stored = tmp_path / "baseline.csv"
+    cells = {"baseline_format": BASELINE_FORMAT, **dict.fromkeys((*CONDITIONS, *METRICS), 1)}
+    pd.DataFrame([cells | {"recipe": "v1_alpha025"}, cells | {"recipe": "my_tiny"}]).to_csv(stored, index=False)
+    done = run_cli("check", "--against", str(stored), "--results", str(tmp_path / "res"))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "'my_tiny': neither a recipe file nor a shipped recipe" in done.stderr
+    assert done.stderr.strip().endswith("; name the baseline's recipe files")
+    assert not (tmp_path / "res" / "runs").exists() or not any((tmp_path / "res" / "runs").iterdir())
