@@ -50,9 +50,11 @@ def analyze(model: nn.Module, evaluate: Callable[[nn.Module], float], resolution
 
 
 def suggest_layer_ratios(table: pd.DataFrame, max_drop: float) -> dict[str, float]:
-    """Per layer, the largest ratio whose accuracy drop stays within `max_drop` (layers with none are left out)."""
-    ok = table[(table["layer"] != "(none)") & (table["drop"] <= max_drop)]
-    return {layer: float(group["ratio"].max()) for layer, group in ok.groupby("layer", sort=False)}
+    """Per layer, the largest ratio whose accuracy drop stays within `max_drop`; 0.0 for a layer with none, so that
+    a prune step's own `ratio` does not reach the layers that tolerate no pruning."""
+    layers = table[table["layer"] != "(none)"]
+    ok = layers[layers["drop"] <= max_drop].groupby("layer")["ratio"].max()
+    return {layer: float(ok.get(layer, 0.0)) for layer in layers["layer"].unique()}
 
 
 def plot(table: pd.DataFrame, path: Path, title: str = "pruning sensitivity") -> Path:

@@ -48,12 +48,14 @@ def test_mobilenet_v2_residuals_and_round_to() -> None:
 def test_ignored_layers_and_per_layer_ratios() -> None:
     model = build_model("mobilenet_v1", width=0.5, num_classes=10)
     before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    spec = PruneSpec(ratio=0.5, ignore=("features.13.pointwise.0",), layer_ratios={"features.1.pointwise.0": 0.25})
+    spec = PruneSpec(ratio=0.5, ignore=("features.13.pointwise.0",),
+                     layer_ratios={"features.1.pointwise.0": 0.25, "features.3.pointwise.0": 0.0})
     prune(model, spec, EXAMPLE)
     after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     assert after["features.13.pointwise.0"] == before["features.13.pointwise.0"]
     assert after["features.1.pointwise.0"] == before["features.1.pointwise.0"] * 3 // 4
     assert after["features.2.pointwise.0"] == before["features.2.pointwise.0"] // 2
+    assert after["features.3.pointwise.0"] == before["features.3.pointwise.0"]  # 0.0: as sensitivity suggests
 
 
 def test_iterative_steps_reach_the_same_ratio() -> None:

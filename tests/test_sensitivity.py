@@ -37,5 +37,6 @@ def test_table_plot_and_suggestions(trained, tmp_path: Path) -> None:
 def test_suggest_layer_ratios() -> None:
     table = pd.DataFrame({"layer": ["(none)", "a", "a", "b", "b"], "ratio": [0, 0.3, 0.6, 0.3, 0.6],
                           "top1": [0.9, 0.9, 0.85, 0.7, 0.6], "drop": [0, 0.0, 0.05, 0.2, 0.3], "macs": [1] * 5})
-    assert sensitivity.suggest_layer_ratios(table, 0.01) == {"a": 0.3}
-    assert sensitivity.suggest_layer_ratios(table, 0.06) == {"a": 0.6}
+    assert sensitivity.suggest_layer_ratios(table, 0.01) == {"a": 0.3, "b": 0.0}  # b tolerates no pruning
+    assert sensitivity.suggest_layer_ratios(table, 0.06) == {"a": 0.6, "b": 0.0}
+    assert sensitivity.suggest_layer_ratios(table, 0.25) == {"a": 0.6, "b": 0.3}
