@@ -23,7 +23,7 @@ from harness.abtest import Verdict, interleave, judge
 from harness.artifacts import MANIFEST, ArtifactSet, load_set
 from harness.errors import HarnessError
 from harness.noise import cpu_model
-from harness.results import Row, markdown, write_json, write_text
+from harness.results import KINDS, Row, markdown, read_cells, write_json, write_text
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -192,12 +192,9 @@ def save_baseline(rows: list[Row], path: Path) -> Path:
 
 def load_baseline(path: Path) -> pd.DataFrame:
     """A baseline file written by `check --save`, checked to be of this table version."""
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise HarnessError(f"--against {path}: no such file (write one with `harness check --save FILE`)") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, IsADirectoryError) as exc:
-        raise HarnessError(f"--against {path}: not a baseline table ({type(exc).__name__})") from None
+    if not path.exists():
+        raise HarnessError(f"--against {path}: no such file (write one with `harness check --save FILE`)")
+    frame = read_cells(path, "baseline", KINDS | {"baseline_format": int})
     missing = [c for c in ("baseline_format", "recipe", *CONDITIONS, *METRICS) if c not in frame.columns]
     if missing or frame.empty or set(frame["baseline_format"]) != {BASELINE_FORMAT}:
         found = "no rows" if frame.empty and not missing else \

@@ -51,14 +51,14 @@ def compare_table(table: pd.DataFrame, *, device: str | None = None, baseline: s
     for _, group in rows.groupby(list(PER), dropna=False, sort=False):
         group = group.copy()
         ref = group[group["recipe"] == baseline]
-        tuned = group["tuned_kernels"].astype(str).map(_complete)
+        tuned = group["tuned_kernels"].map(_complete)
         group["role"] = ["baseline" if r in BASELINES or r == baseline else "variant" for r in group["recipe"]]
         if ref.empty:
             group["delta_top1"] = group["speedup"] = float("nan")
         else:
             ref_row = ref.iloc[0]
             group["delta_top1"] = group["top1"] - ref_row["top1"]
-            ref_tuned = _complete(str(ref_row["tuned_kernels"]))
+            ref_tuned = _complete(ref_row["tuned_kernels"])
             group["speedup"] = [ref_row["latency_ms_median"] / lat if ok and ref_tuned else float("nan")
                                 for lat, ok in zip(group["latency_ms_median"], tuned, strict=True)]
         front = pareto(group.loc[tuned, "top1"], group.loc[tuned, "latency_ms_median"])
@@ -68,7 +68,10 @@ def compare_table(table: pd.DataFrame, *, device: str | None = None, baseline: s
     return out.sort_values(["device", "host", "dataset", "batch", "role", "latency_ms_median"], ignore_index=True)
 
 
-def _complete(coverage: str) -> bool:
+def _complete(coverage: object) -> bool:
+    """Whether a `tuned_kernels` cell ("k/n") says every kernel was tuned (a missing cell does not)."""
+    if not isinstance(coverage, str):
+        return False
     tuned, _, total = coverage.partition("/")
     return tuned.isdigit() and tuned == total
 

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import subprocess
+import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -160,16 +161,42 @@ def git_revision(cwd: Path | None = None) -> str:
     return rev + ("+dirty" if dirty else "")
 
 
+def _kind(hint: Any) -> type:
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return kinds[0] if kinds[0] in (int, float, bool) else str
+
+
+KINDS: dict[str, type] = {name: _kind(hint) for name, hint in typing.get_type_hints(Row).items()}
+
+
+def read_cells(path: Path, what: str, kinds: dict[str, type] = KINDS) -> pd.DataFrame:
+    """The CSV table at `path` with each column of `kinds` as its type: text stays as written ("007", "None" and
+    "1e5" are names, not numbers; other columns are text too), an empty cell is missing, and a cell that is not its
+    column's number or boolean is a one-line error naming its row. `what` names the table in errors."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, IsADirectoryError) as exc:
+        raise HarnessError(f"{path}: not a readable {what} ({last_line(str(exc))}); it was left untouched") from None
+    for column in table.columns:
+        kind, cells = kinds.get(column, str), table[column]
+        if kind is str:
+            continue
+        parsed = cells.map({"True": True, "False": False}) if kind is bool else pd.to_numeric(cells, errors="coerce")
+        bad = parsed.isna() & cells.notna()
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise HarnessError(f"{path}: row {i + 1} of the {what}: {column} is {cells.iloc[i]!r}, not "
+                               f"{'True or False' if kind is bool else 'a number'}; mend or delete that row")
+        table[column] = parsed
+    return table
+
+
 def load_results(path: Path | None = None) -> pd.DataFrame:
     """The results table (empty, with the standard columns, when none was written yet)."""
     path = path or RESULTS_DIR / "results.csv"
     if not path.is_file():
         return pd.DataFrame(columns=list(COLUMNS))
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"{path}: not a readable results table ({last_line(str(exc))}); it was left untouched"
-                           ) from None
+    table = read_cells(path, "results table")
     missing = [c for c in KEY_COLUMNS if c not in table.columns]
     if missing:
         raise HarnessError(f"{path}: not a results table of the harness (no column {', '.join(missing)}); it was "
@@ -182,11 +209,15 @@ def _cells(row: Row | dict[str, Any]) -> dict[str, Any]:
 
 
 def append_rows(rows: Sequence[Row | dict[str, Any]], path: Path | None = None) -> Path:
-    """Append rows to the table atomically: write a complete new file, then rename it over the old one."""
+    """Append rows to the table atomically: write a complete new file, then rename it over the old one. The rows
+    already there are written back as they were read, cell for cell (as text: nothing re-parsed)."""
     path = path or RESULTS_DIR / "results.csv"
     new = pd.DataFrame([_cells(r) for r in rows])
+    for column in [c for c in new.columns if KINDS.get(c) is int]:  # 3, not 3.0, beside a row without it
+        new[column] = pd.to_numeric(new[column]).astype("Int64")
     with locked(path):
-        old = load_results(path)
+        load_results(path)  # a table it cannot read is refused, and left untouched
+        old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else pd.DataFrame()
         columns = list(COLUMNS) + [c for c in [*old.columns, *new.columns] if c not in COLUMNS]
         frames = [f.reindex(columns=columns) for f in (old, new) if not f.empty]
         table = pd.concat(frames, ignore_index=True) if frames else new.reindex(columns=columns)

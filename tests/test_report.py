@@ -66,6 +66,15 @@ def test_compare_on_a_device_without_the_baseline_lists_its_rows_without_speed_u
     assert x86[(1, "v1_alpha050")] == 2.0 and pd.isna(x86[(4, "v1_alpha050")])  # no baseline at batch 4
 
 
+def test_compare_takes_rows_without_tuned_kernels_and_baselines_named_like_numbers() -> None:
+    """A row cut short (no tuned_kernels) has no speed-up, rather than a traceback; a recipe "007" is a name."""
+    table = pd.DataFrame([{"recipe": r, "device": "x86", "host": "zen", "dataset": "digits", "batch": 1,
+                           "top1": 0.9, "latency_ms_median": lat, "tuned_kernels": k}
+                          for r, lat, k in [("007", 4.0, "5/5"), ("a", 2.0, "5/5"), ("b", 1.0, float("nan"))]])
+    speedup = compare_table(table, baseline="007").set_index("recipe")["speedup"]
+    assert speedup["a"] == 2.0 and pd.isna(speedup["b"])
+
+
 def test_compare_puts_variants_beside_the_baseline(results: Path) -> None:
     done = run_cli("compare", "--baseline", "tiny", "--format", "json", "--results", str(results))
     assert done.returncode == 0, done.stderr

@@ -5,7 +5,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.measure import latency_stats
-from harness.results import COLUMNS, append_rows, format_rows, load_results
+from harness.results import COLUMNS, Row, append_rows, format_rows, load_results
 
 
 def test_append_keeps_old_rows_and_standard_columns(tmp_path: Path) -> None:
@@ -25,6 +25,36 @@ def test_unreadable_table_is_left_untouched(tmp_path: Path) -> None:
     before = table.read_bytes()
     with pytest.raises(HarnessError, match="not a readable results table"):
         append_rows([{"run_id": "x"}], table)
+    assert table.read_bytes() == before
+
+
+def test_appending_writes_the_old_rows_back_as_they_were(tmp_path: Path) -> None:
+    """Names that look like numbers or NA (recipes "007", "None", "1e5"; a git revision "12e4567") stay text, in
+    the file and when read; counts are written as whole numbers beside rows that lack them."""
+    table = tmp_path / "results.csv"
+    append_rows([Row(run_id="1", recipe="007", git_rev="12e4567", device="x86", top1=0.5, eval_samples=3),
+                 Row(run_id="2", recipe="None", device="x86")], table)
+    before = table.read_text().splitlines()
+    append_rows([Row(run_id="3", recipe="1e5", device="x86", layout="NHWC")], table)  # a new column too
+    after = table.read_text().splitlines()
+    assert [line.removesuffix(",") for line in after[1:3]] == before[1:3]
+    assert ",3," in after[1] and ",3.0," not in after[1]
+    frame = load_results(table)
+    assert list(frame["recipe"]) == ["007", "None", "1e5"] and frame["git_rev"][0] == "12e4567"
+    assert frame["top1"][0] == 0.5 and pd.isna(frame["top1"][1])
+
+
+@pytest.mark.parametrize("column, cell, expected", [("top1", "abc", "a number"), ("remote", "yes", "True or False")])
+def test_a_cell_that_is_not_its_columns_type_is_one_line_naming_the_row(tmp_path: Path, column: str, cell: str,
+                                                                       expected: str) -> None:
+    table = tmp_path / "results.csv"
+    append_rows([Row(run_id="1", recipe="a", device="x86", top1=0.5, remote=False)] * 2, table)
+    frame = pd.read_csv(table, dtype=str, keep_default_na=False)
+    frame.loc[1, column] = cell
+    frame.to_csv(table, index=False)
+    before = table.read_bytes()
+    with pytest.raises(HarnessError, match=rf"row 2 of the results table: {column} is '{cell}', not {expected}"):
+        append_rows([Row(run_id="2", recipe="b", device="x86")], table)
     assert table.read_bytes() == before
 
 
