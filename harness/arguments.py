@@ -56,8 +56,11 @@ def workspace(args: argparse.Namespace, write: bool = True, recording: bool = Fa
             raise HarnessError(f"--results {ws.root}: cannot create it ({exc.strerror})") from None
         if not os.access(ws.root, os.W_OK | os.X_OK):
             raise HarnessError(f"--results {ws.root}: not writable")
-    if recording:
-        load_results(ws.table)
+    if recording:  # the table and its lock, as the append at the end will use them
+        from harness.cache import locked
+
+        with locked(ws.table):
+            load_results(ws.table)
     return ws
 
 

@@ -232,8 +232,10 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-# A full disk, a quota, a read-only or forbidden folder: the host's state, which the user can fix
-_HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# A full disk, a quota, a read-only or forbidden folder, a folder where a file belongs or the reverse: the host's
+# state, which the user can fix
+_HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+                errno.EEXIST}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -249,16 +251,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        pass
     except BrokenPipeError:  # the output was piped into a reader that stopped (`| head`): end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:
-        if exc.errno not in _HOST_ERRNOS:
+        if exc.errno in _HOST_ERRNOS:
+            # Caches and results are written beside their place and renamed into it: nothing finished is damaged
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"error: {_one_line(f'{exc.strerror or exc}{where}')} (nothing already written was changed; fix "
+                  "it and run again)", file=sys.stderr)
+            return 2
+        if not _interrupted(exc):
             raise
-        # Caches and results are written beside their place and renamed into it: nothing finished is damaged
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {_one_line(f'{exc.strerror or exc}{where}')} (nothing already written was changed; fix it "
-              "and run again)", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if not _interrupted(exc):
+            raise
+    print("interrupted", file=sys.stderr)  # Ctrl-C, also where a library turned it into its own error
+    return 130
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether `exc` was raised because of a KeyboardInterrupt (e.g. ImportError when Ctrl-C hits an import)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False

@@ -88,7 +88,8 @@ def test_user_errors_are_one_line_exit_2(args: list[str], message: str, write_re
 
 
 @pytest.mark.parametrize(("code", "message"), [(errno.ENOSPC, "No space left on device"),
-                                               (errno.EACCES, "Permission denied")])
+                                               (errno.EACCES, "Permission denied"),
+                                               (errno.EISDIR, "Is a directory")])  # a folder where a file belongs
 def test_a_full_disk_or_a_forbidden_folder_is_a_one_line_error(code: int, message: str, monkeypatch, capsys) -> None:
     """The host's state, not a bug: one line naming it and the file, exit 2 (a disk filled up during a stop 32
     tune showed ONNX's traceback)."""
@@ -103,6 +104,30 @@ def test_a_full_disk_or_a_forbidden_folder_is_a_one_line_error(code: int, messag
     assert err.startswith(f"error: {message}: /results/runs/x/model.onnx") and err.count("\n") == 1
     monkeypatch.setattr(commands, "devices", lambda args: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     with pytest.raises(OSError):  # any other OSError is a bug to report, with its traceback
+        cli.main(["devices"])
+
+
+def test_a_folder_where_the_tables_lock_belongs_stops_a_run_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "results.csv.lock").mkdir()
+    out = run_cli("run", "v1_fp32", "--results", str(tmp_path))
+    assert out.returncode == 2 and out.stderr.startswith(f"error: Is a directory: {tmp_path}/results.csv.lock")
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "cache").exists(), out.stderr
+
+
+def test_an_error_a_library_raised_because_of_ctrl_c_is_interrupted(monkeypatch, capsys) -> None:
+    """Ctrl-C during `import onnxruntime` raises ImportError("initialization failed") from the KeyboardInterrupt."""
+    from harness import cli, commands
+
+    def interrupted_import(args) -> int:  # noqa: ANN001
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise ImportError("initialization failed") from exc
+
+    monkeypatch.setattr(commands, "devices", interrupted_import)
+    assert cli.main(["devices"]) == 130 and capsys.readouterr().err == "interrupted\n"
+    monkeypatch.setattr(commands, "devices", lambda args: (_ for _ in ()).throw(ImportError("no module x")))
+    with pytest.raises(ImportError):  # not caused by Ctrl-C: a bug to report, with its traceback
         cli.main(["devices"])
 
 
