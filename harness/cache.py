@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import os
 import re
+import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,32 +31,54 @@ def file_digest(path: Path) -> str:
 
 
 def tmp_path(path: Path, suffix: str = "") -> Path:
-    """A temporary name beside `path`, tagged with this process (`sweep` removes those of dead processes)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    """A temporary name beside `path`, tagged with this process (`sweep` removes those of ended processes)."""
+    return path.with_name(f".{path.name}.{owner()}.tmp{suffix}")
 
 
-_TMP = re.compile(r"^\..+\.(\d+)\.tmp")
+_TMP = re.compile(r"^\..+\.(\d+(?:-[0-9a-f]{8})?)\.tmp")
+STALE_S = 7 * 24 * 3600  # a temporary file or run marker of another host's process is swept after this long
 
 
-def alive(pid: int) -> bool:
-    """Whether process `pid` exists."""
+@functools.cache
+def _namespace() -> str:
+    """This host and PID namespace, hashed: a pid names a process only within them (a results folder may be
+    shared by containers or hosts)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        space = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        space = 0
+    return hashlib.sha256(f"{socket.gethostname()}/{space}".encode()).hexdigest()[:8]
+
+
+def owner() -> str:
+    """This process as temporary names and run markers record it: `PID-NAMESPACE`."""
+    return f"{os.getpid()}-{_namespace()}"
+
+
+def ended(recorded: str, mtime: float) -> bool:
+    """Whether the process that `owner()` gave as `recorded` has ended. A pid alone (older harness versions) is
+    judged here; one of another host or PID namespace, or an unreadable record, only by age (`STALE_S`)."""
+    pid, _, space = recorded.strip().partition("-")
+    if not pid.isdigit() or space not in ("", _namespace()):
+        return time.time() - mtime > STALE_S
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, OverflowError):  # no such process, or no pid at all
         return True
-    return True
+    except PermissionError:  # another user's process
+        return False
+    return False
 
 
 def sweep(root: Path) -> int:
-    """Remove the temporary files that killed processes left under `root`; returns how many."""
+    """Remove the temporary files that ended processes left under `root`; returns how many."""
     removed = 0
     for path in root.rglob(".*.tmp*") if root.is_dir() else []:
         found = _TMP.match(path.name)
-        if found and path.is_file() and not alive(int(found[1])):
-            path.unlink(missing_ok=True)
-            removed += 1
+        with contextlib.suppress(FileNotFoundError):  # its writer renamed it meanwhile
+            if found and path.is_file() and ended(found[1], path.stat().st_mtime):
+                path.unlink(missing_ok=True)
+                removed += 1
     return removed
 
 

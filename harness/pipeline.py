@@ -77,14 +77,14 @@ def run_variants(variants: list[Recipe], reference: Recipe, profile: DeviceProfi
         rows = [row.stamped(Conditions.now(run_id)) for row in measure_all(builds, profile, progress)]
     except DeviceUnreachable as exc:  # the artifacts stay, for a retry on the board
         write_json(run_dir / "run.json", summary | {"failed": str(exc)})
-        (run_dir / RUNNING).unlink()
+        (run_dir / RUNNING).unlink(missing_ok=True)
         raise DeviceUnreachable(f"{exc} (compiled artifacts kept in {run_dir})") from None
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     rows = compare(rows, rows[0])
     write_json(run_dir / "run.json", summary | {"rows": [r.as_dict() for r in rows], "seconds": time.time() - started})
-    (run_dir / RUNNING).unlink()
+    (run_dir / RUNNING).unlink(missing_ok=True)  # missing where someone removed the folder: the rows still count
     if record:
         append_rows(rows, ws.table)
     else:  # no row names the run: its folder would be an orphan

@@ -16,7 +16,7 @@ from harness import cache
 from harness.schema import content_hash
 
 log = logging.getLogger(__name__)
-RUNNING = "RUNNING"  # in a run folder while its run is in progress: the pid
+RUNNING = "RUNNING"  # in a run folder while its run is in progress: its process (`cache.owner`)
 RESULTS_DIR = Path(os.environ.get("HARNESS_RESULTS", Path(__file__).resolve().parent.parent / "results"))
 
 
@@ -81,16 +81,24 @@ class Workspace:
                 path.mkdir()
             except FileExistsError:
                 continue
-            (path / RUNNING).write_text(f"{os.getpid()}\n")
+            try:
+                (path / RUNNING).write_text(f"{cache.owner()}\n")
+            except OSError:  # e.g. a full disk: no marker-less folder stays behind
+                shutil.rmtree(path, ignore_errors=True)
+                raise
             return path.name, path
         raise AssertionError("unreachable")
 
     def sweep(self) -> None:
-        """Remove what killed runs left behind: temporary files, and run folders whose process is gone."""
+        """Remove what killed runs left behind: temporary files, and run folders whose process has ended (on this
+        host and in this PID namespace; another's, by age: `cache.ended`)."""
         removed = cache.sweep(self.root)
         for marker in (self.root / "runs").glob(f"*/{RUNNING}"):
-            pid = marker.read_text().strip()
-            if pid.isdigit() and not cache.alive(int(pid)):
+            try:
+                recorded, mtime = marker.read_bytes().decode(errors="replace"), marker.stat().st_mtime
+            except OSError:  # gone meanwhile, or not a file
+                continue
+            if cache.ended(recorded, mtime):
                 shutil.rmtree(marker.parent, ignore_errors=True)
                 removed += 1
         if removed:

@@ -127,3 +127,32 @@ def test_a_damaged_cache_entry_is_rebuilt_with_one_warning(kind: str, damage: st
     rows = _rows(results)
     assert len(rows) == 4 and (rows["max_abs_diff"] < 0.05).all()
     assert _leftovers(results) == []
+
+
+def test_sweep_removes_what_ended_processes_left_and_leaves_other_hosts_runs_alone(tmp_path: Path) -> None:
+    """A results folder may be shared by containers or hosts: a pid there is judged only in its own host and PID
+    namespace; another's run folder or temporary file is swept only once stale (a live run of another container
+    was deleted, losing its row)."""
+    import os
+
+    from harness import cache
+    from harness.workspace import RUNNING, Workspace
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, here, stale = int(ended.stdout), cache.owner().partition("-")[2], time.time() - cache.STALE_S - 60
+    markers = {"mine": cache.owner(), "dead": f"{dead}-{here}", "legacy-dead": f"{dead}",
+               "other-host": f"{dead}-0badf00d", "other-host-stale": f"{dead}-0badf00d", "empty": "",
+               "empty-stale": "", "garbled": b"\xff\xfe"}
+    for name, text in markers.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        marker = tmp_path / "runs" / name / RUNNING
+        marker.write_bytes(text if isinstance(text, bytes) else text.encode())
+        if name.endswith("stale"):
+            os.utime(marker, (stale, stale))
+    temporaries = {f".a.onnx.{dead}-{here}.tmp": False, f".b.onnx.{dead}-0badf00d.tmp": True,
+                   f".c.onnx.{cache.owner()}.tmp": True, f".d.onnx.{dead}.tmp": False}
+    for name in temporaries:
+        (tmp_path / name).write_text("x")
+    Workspace(tmp_path).sweep()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["empty", "garbled", "mine", "other-host"]
+    assert {name: (tmp_path / name).exists() for name in temporaries} == temporaries
