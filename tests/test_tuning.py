@@ -464,11 +464,13 @@ def test_records_that_do_not_replay_are_skipped_then_dropped(same_kernel_other_n
     space = next(postprocessed_spaces(pool.dispatched[0], target))  # traced on the second model's names
     db.commit_tuning_record(ms.database.TuningRecord(space.trace, db.commit_workload(pool.dispatched[0]),
                                                      [1e-4], target))
+    with open(tmp_path / "db" / database.RECORDS, "a") as records:  # damaged lines (they made compiling fail)
+        records.write("garbage\n[x, 1]\n[0, garbage\n\n")
     with caplog.at_level(logging.WARNING):
         assert kernels.tasks_coverage(kernels.extract_tasks([first], target), target, tmp_path / "db").complete
         assert "does not replay" in caplog.text
         reopened = database.open_database(tmp_path / "db")
-        assert "dropped 1 record(s)" in caplog.text
+        assert "dropped 5 record(s), damaged or whose schedule does not replay" in caplog.text
     assert len(reopened.get_all_tuning_records()) == len(stored)
 
 

@@ -190,8 +190,8 @@ def open_database(path: Path) -> ms.database.JSONDatabase:
         if not dropped:
             raise HarnessError(f"tuning database {path} cannot be read ({last_line(exc)}); move it aside and run "
                                "again (the harness seeds a new one from the shipped database)") from None
-        log.warning("tuning database %s: dropped %d record(s) whose schedule does not replay on their kernel "
-                    "(tuned on another model's block names by a harness before 2026-12-01)", path, dropped)
+        log.warning("tuning database %s: dropped %d record(s), damaged or whose schedule does not replay on their "
+                    "kernel (tuned on another model's block names by a harness before 2026-12-01)", path, dropped)
         return load()
 
 
@@ -219,14 +219,15 @@ def records_for(db_path: Path, mods: Sequence[tvm.IRModule], machine: str | None
         with open(db_path / RECORDS) as f:
             for line in f:
                 machines[machine_named(line)] += 1
-                index = int(line[1:line.index(",")]) if line.endswith("\n") else -1
+                head = line[1:line.find(",")] if line.endswith("\n") else ""  # a session may be appending
+                index = int(head) if head.isdigit() else -1
                 if index not in by_line:
                     continue
                 try:
                     record = ms.database.TuningRecord.from_json(json.loads(line)[1], by_line[index])
-                except RuntimeError:  # a schedule that does not replay on its kernel (see `open_database`)
-                    log.warning("tuning database %s: a record whose schedule does not replay on its kernel was "
-                                "skipped", db_path)
+                except (RuntimeError, ValueError, IndexError):  # damaged, or a schedule that does not replay
+                    log.warning("tuning database %s: a damaged record, or one whose schedule does not replay on its "
+                                "kernel, was skipped", db_path)
                     continue
                 found.setdefault(index, []).append(record)
     primary = machines.most_common(1)[0][0] if machines else None
