@@ -35,7 +35,13 @@ def tmp_path(path: Path, suffix: str = "") -> Path:
     return path.with_name(f".{path.name}.{owner()}.tmp{suffix}")
 
 
-_TMP = re.compile(r"^\..+\.(\d+(?:-[0-9a-f]{8})?)\.tmp")
+_TMP = re.compile(r"^\.(.+)\.(\d+(?:-[0-9a-f]{8})?)\.tmp")
+
+
+def written_as(path: str) -> str:
+    """The file a temporary name of `tmp_path` stands for (other paths as they are): what errors name."""
+    found = _TMP.match(os.path.basename(path))
+    return os.path.join(os.path.dirname(path), found[1]) if found else path
 STALE_S = 7 * 24 * 3600  # a temporary file or run marker of another host's process is swept after this long
 
 
@@ -76,7 +82,7 @@ def sweep(root: Path) -> int:
     for path in root.rglob(".*.tmp*") if root.is_dir() else []:
         found = _TMP.match(path.name)
         with contextlib.suppress(FileNotFoundError):  # its writer renamed it meanwhile
-            if found and path.is_file() and ended(found[1], path.stat().st_mtime):
+            if found and path.is_file() and ended(found[2], path.stat().st_mtime):
                 path.unlink(missing_ok=True)
                 removed += 1
     return removed

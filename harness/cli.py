@@ -258,7 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno in _HOST_ERRNOS:
             # Caches and results are written beside their place and renamed into it: nothing finished is damaged
-            where = f": {exc.filename}" if exc.filename else ""
+            from harness.cache import written_as
+
+            name = exc.filename2 or exc.filename  # a rename's target, a temporary file's own name
+            where = f": {written_as(str(name))}" if name else ""
             print(f"error: {_one_line(f'{exc.strerror or exc}{where}')} (nothing already written was changed; fix "
                   "it and run again)", file=sys.stderr)
             return 2

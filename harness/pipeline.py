@@ -84,11 +84,15 @@ def run_variants(variants: list[Recipe], reference: Recipe, profile: DeviceProfi
         raise
     rows = compare(rows, rows[0])
     write_json(run_dir / "run.json", summary | {"rows": [r.as_dict() for r in rows], "seconds": time.time() - started})
-    (run_dir / RUNNING).unlink(missing_ok=True)  # missing where someone removed the folder: the rows still count
-    if record:
-        append_rows(rows, ws.table)
-    else:  # no row names the run: its folder would be an orphan
+    if not record:  # no row names the run: its folder would be an orphan
         shutil.rmtree(run_dir)
+        return rows
+    try:
+        append_rows(rows, ws.table)
+    except BaseException:  # the table is as it was, and no row names the run
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    (run_dir / RUNNING).unlink(missing_ok=True)  # last: a run killed before is swept (missing: removed by hand)
     return rows
 
 

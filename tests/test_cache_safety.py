@@ -156,3 +156,21 @@ def test_sweep_removes_what_ended_processes_left_and_leaves_other_hosts_runs_alo
     Workspace(tmp_path).sweep()
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["empty", "garbled", "mine", "other-host"]
     assert {name: (tmp_path / name).exists() for name in temporaries} == temporaries
+
+
+def test_a_run_whose_rows_cannot_be_appended_leaves_no_run_folder(tmp_path: Path, monkeypatch) -> None:
+    """The table is left as it was (a full disk, an immutable file): no row would name the run folder."""
+    import errno
+    import os
+
+    from harness import pipeline
+
+    def full_disk(rows, path) -> None:  # noqa: ANN001
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
+    monkeypatch.setattr(pipeline, "append_rows", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_here(recipe, tmp_path / "results")
+    assert not list((tmp_path / "results" / "runs").iterdir()) and _leftovers(tmp_path / "results") == []

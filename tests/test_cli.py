@@ -93,10 +93,10 @@ def test_user_errors_are_one_line_exit_2(args: list[str], message: str, write_re
 def test_a_full_disk_or_a_forbidden_folder_is_a_one_line_error(code: int, message: str, monkeypatch, capsys) -> None:
     """The host's state, not a bug: one line naming it and the file, exit 2 (a disk filled up during a stop 32
     tune showed ONNX's traceback)."""
-    from harness import cli, commands
+    from harness import cache, cli, commands
 
-    def fail(args) -> int:  # noqa: ANN001
-        raise OSError(code, os.strerror(code), "/results/runs/x/model.onnx")
+    def fail(args) -> int:  # noqa: ANN001  (named by its temporary file, as an atomic write fails)
+        raise OSError(code, os.strerror(code), f"/results/runs/x/.model.onnx.{cache.owner()}.tmp")
 
     monkeypatch.setattr(commands, "devices", fail)
     assert cli.main(["devices"]) == 2
