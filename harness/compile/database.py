@@ -10,6 +10,7 @@ database tuned on one CPU of a level serves every CPU of that level. The package
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -57,16 +58,34 @@ def rewrite(path: Path, records: Iterable[ms.database.TuningRecord]) -> int:
     """Replace the database at `path` by `records`, written beside it, then moved into place; returns the number
     of records. Call it under the database's lock: the workload file is written anew, and a tuning session with
     the database open appends records by the line numbers of the old one."""
-    partial = path.with_name(path.name + ".partial")
+    partial = _partial(path)
     shutil.rmtree(partial, ignore_errors=True)
     out, count = open_database(partial), 0
     for record in records:
         _copy_record(record, out)
         count += 1
-    for name in (WORKLOADS, RECORDS):
-        (partial / name).replace(path / name)
-    shutil.rmtree(partial)
+    (partial / WRITTEN).touch()
+    _move_into_place(path)
     return count
+
+
+WRITTEN = "WRITTEN"  # in a rewrite's partial folder once both its files are whole
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def _move_into_place(path: Path) -> None:
+    """Move a whole rewrite's files over the database at `path` (again, where a kill stopped it between them: a
+    workload file without its records file names other kernels by the records' line numbers)."""
+    partial = _partial(path)
+    if not (partial / WRITTEN).is_file():
+        return
+    for name in (WORKLOADS, RECORDS):
+        with contextlib.suppress(FileNotFoundError):  # moved already
+            (partial / name).replace(path / name)
+    shutil.rmtree(partial, ignore_errors=True)
 
 
 def _shipped_digest(shipped: Path) -> str:
@@ -88,11 +107,15 @@ def _unpack(shipped: Path, into: Path) -> None:
 
 
 def seed(db_path: Path, shipped: Path | None) -> None:
-    """Merge the shipped database into the workspace one at `db_path` when it is new or changed since last time.
+    """Merge the shipped database into the workspace one at `db_path` when it is new or changed since last time
+    (first finishing a rewrite of it that was killed half-way).
 
     An empty workspace database simply becomes a copy; otherwise the shipped records join the ones tuned here,
     a schedule in both keeping the shipped time, and the result is compacted (the fastest records per kernel).
     """
+    if (_partial(db_path) / WRITTEN).is_file():
+        with cache.locked(db_path):
+            _move_into_place(db_path)
     if shipped is None:
         return
     digest = _shipped_digest(shipped)
