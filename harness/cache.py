@@ -42,7 +42,9 @@ def written_as(path: str) -> str:
     """The file a temporary name of `tmp_path` stands for (other paths as they are): what errors name."""
     found = _TMP.match(os.path.basename(path))
     return os.path.join(os.path.dirname(path), found[1]) if found else path
-STALE_S = 7 * 24 * 3600  # a temporary file or run marker of another host's process is swept after this long
+
+
+STALE_S = 24 * 3600  # a temporary file or run marker of another host's (or container's) process is swept after this
 
 
 @functools.cache

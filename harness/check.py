@@ -204,6 +204,13 @@ def load_baseline(path: Path) -> pd.DataFrame:
     return frame
 
 
+def _condition(x: object) -> str | None:
+    """A condition as compared: missing as None (a remote device has no thread count), 4.0 as 4."""
+    if x is None or (isinstance(x, float) and np.isnan(x)) or x is pd.NA:
+        return None
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+
 def _value(x: object) -> float | None:
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
 
@@ -240,7 +247,7 @@ def baseline_check(rows: list[Row], baseline: pd.DataFrame, *, threshold: float 
                                 ratio=None, p_value=None, verdict="skipped", reason="not in the baseline"))
             continue
         ref = match.iloc[-1]
-        differ = [c for c in CONDITIONS if str(ref[c]) != str(getattr(row, c))]
+        differ = [c for c in CONDITIONS if _condition(ref[c]) != _condition(getattr(row, c))]
         if differ:
             out.append(CheckRow(recipe=row.recipe, device=str(row.device), metric="-", base=None, new=None,
                                 ratio=None, p_value=None, verdict="skipped",

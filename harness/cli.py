@@ -54,7 +54,8 @@ def _add_device_arg(parser: argparse.ArgumentParser, help: str = "device profile
 def _add_device_args(parser: argparse.ArgumentParser) -> None:
     _add_device_arg(parser)
     _add_results_arg(parser)
-    parser.add_argument("--no-record", action="store_true", help="print the rows; append none and keep no run folder")
+    parser.add_argument("--no-record", action="store_true",
+                        help="print the rows without appending them or keeping their run folder")
     parser.add_argument("--eval-samples", type=flag("samples"), metavar="N",
                         help="evaluate on the first N images of the eval split (e.g. on slow emulated boards)")
 
@@ -248,8 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except HarnessError as exc:
-        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
-        return 2
+        if not _interrupted(exc):  # a Ctrl-C can reach us as an error the harness wrapped
+            print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # the output was piped into a reader that stopped (`| head`): end quietly

@@ -198,7 +198,7 @@ def _check_stored(args: argparse.Namespace, ws) -> tuple[list | None, dict]:  # 
     from harness.pipeline import run_recipe
 
     try:  # every recipe loads before the first is measured
-        recipes = [load_recipe(n) for n in args.recipe or sorted(set(baseline["recipe"]))]  # a baseline has rows
+        recipes = [load_recipe(n) for n in args.recipe or sorted(set(baseline["recipe"].dropna()))]
     except HarnessError as exc:
         raise HarnessError(f"{exc}" + ("" if args.recipe else "; name the baseline's recipe files")) from None
     rows = [row for recipe in recipes
@@ -256,7 +256,8 @@ def emulator(args: argparse.Namespace) -> int:
     if args.action == "setup":
         print(f"emulated root ready: {emulator.setup(emulator.spec_of(profile))}")
         return 0
-    running = len(emulator.status(profile.name)[0].boards)  # --boards is how many to have, not to add
+    # --boards is how many to have; boards that will drop (fault injection) are added
+    running = len(emulator.status(profile.name)[0].boards) if args.drop_after is None else 0
     boards = emulator.start(profile, max(0, args.boards - running), args.drop_after)
     tracker = f"127.0.0.1:{profile.emulator.tracker_port}"
     names = ", ".join(f"{b.name} (pid {b.pid})" for b in boards)

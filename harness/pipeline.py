@@ -83,16 +83,17 @@ def run_variants(variants: list[Recipe], reference: Recipe, profile: DeviceProfi
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     rows = compare(rows, rows[0])
-    write_json(run_dir / "run.json", summary | {"rows": [r.as_dict() for r in rows], "seconds": time.time() - started})
     if not record:  # no row names the run: its folder would be an orphan
         shutil.rmtree(run_dir)
         return rows
+    write_json(run_dir / "run.json", summary | {"rows": [r.as_dict() for r in rows], "seconds": time.time() - started})
     try:
         append_rows(rows, ws.table)
-    except BaseException:  # the table is as it was, and no row names the run
-        shutil.rmtree(run_dir, ignore_errors=True)
+    except BaseException:  # the measured rows stay in run.json
+        log.error("the rows were not appended to %s; they are kept in %s", ws.table, run_dir / "run.json")
         raise
-    (run_dir / RUNNING).unlink(missing_ok=True)  # last: a run killed before is swept (missing: removed by hand)
+    finally:
+        (run_dir / RUNNING).unlink(missing_ok=True)  # missing where someone removed the folder
     return rows
 
 

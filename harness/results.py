@@ -169,19 +169,39 @@ def _kind(hint: Any) -> type:
 KINDS: dict[str, type] = {name: _kind(hint) for name, hint in typing.get_type_hints(Row).items()}
 
 
+def _text(path: Path) -> pd.DataFrame:
+    """The CSV table at `path`, every cell the text it holds ("" when empty). A column the header names twice (an
+    append before 2026-12-03 repeated `layout`, `fp16`, `runtime` and `vs_fp32`; pandas reads the repeats as
+    `layout.1`, ...) is folded into the first."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in list(table.columns):
+        base, dot, n = column.rpartition(".")
+        if dot and n.isdigit() and base in KINDS and base in table.columns:
+            table[base] = table[base].where(table[base] != "", table[column])
+            table = table.drop(columns=column)
+    return table
+
+
+_MISSING = {"", "nan", "NaN", "NA", "N/A", "n/a", "<NA>", "None", "null", "NULL"}  # in a number's or boolean's cell
+
+
 def read_cells(path: Path, what: str, kinds: dict[str, type] = KINDS) -> pd.DataFrame:
     """The CSV table at `path` with each column of `kinds` as its type: text stays as written ("007", "None" and
-    "1e5" are names, not numbers; other columns are text too), an empty cell is missing, and a cell that is not its
-    column's number or boolean is a one-line error naming its row. `what` names the table in errors."""
+    "1e5" are names, not numbers; other columns are text too), an empty cell is missing (in a column of numbers or
+    booleans, so is "nan", "NA", ...), and a cell that is not its column's number or boolean is a one-line error
+    naming its row. `what` names the table in errors."""
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        table = _text(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, IsADirectoryError) as exc:
         raise HarnessError(f"{path}: not a readable {what} ({last_line(str(exc))}); it was left untouched") from None
     for column in table.columns:
-        kind, cells = kinds.get(column, str), table[column]
+        kind = kinds.get(column, str)
         if kind is str:
+            table[column] = table[column].mask(table[column] == "")
             continue
-        parsed = cells.map({"True": True, "False": False}) if kind is bool else pd.to_numeric(cells, errors="coerce")
+        cells = table[column].str.strip().mask(lambda c: c.isin(_MISSING))
+        parsed = cells.str.lower().map({"true": True, "false": False}) if kind is bool else \
+            pd.to_numeric(cells, errors="coerce")
         bad = parsed.isna() & cells.notna()
         if bad.any():
             i = int(bad.to_numpy().argmax())
@@ -217,8 +237,8 @@ def append_rows(rows: Sequence[Row | dict[str, Any]], path: Path | None = None) 
         new[column] = pd.to_numeric(new[column]).astype("Int64")
     with locked(path):
         load_results(path)  # a table it cannot read is refused, and left untouched
-        old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else pd.DataFrame()
-        columns = list(COLUMNS) + [c for c in [*old.columns, *new.columns] if c not in COLUMNS]
+        old = _text(path) if path.is_file() else pd.DataFrame()
+        columns = list(dict.fromkeys([*COLUMNS, *old.columns, *new.columns]))  # each once
         frames = [f.reindex(columns=columns) for f in (old, new) if not f.empty]
         table = pd.concat(frames, ignore_index=True) if frames else new.reindex(columns=columns)
         tmp = tmp_path(path)

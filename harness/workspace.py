@@ -71,8 +71,8 @@ class Workspace:
         return self.root / "tuning"
 
     def new_run_dir(self, recipe_key: str) -> tuple[str, Path]:
-        """A fresh run folder named by time and recipe hash, marked as running (by this process) until the run
-        writes its `run.json`."""
+        """A fresh run folder named by time and recipe hash, marked as running (by this process, `cache.owner`)
+        until the run has recorded its rows."""
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{recipe_key[:8]}"
         (self.root / "runs").mkdir(parents=True, exist_ok=True)
         for suffix in itertools.count(1):

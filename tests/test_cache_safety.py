@@ -8,6 +8,7 @@ compiled library and its metadata). The slow suite (`tox -e slow`, CI) runs them
 corruption case.
 """
 
+import json
 import random
 import subprocess
 import sys
@@ -158,8 +159,8 @@ def test_sweep_removes_what_ended_processes_left_and_leaves_other_hosts_runs_alo
     assert {name: (tmp_path / name).exists() for name in temporaries} == temporaries
 
 
-def test_a_run_whose_rows_cannot_be_appended_leaves_no_run_folder(tmp_path: Path, monkeypatch) -> None:
-    """The table is left as it was (a full disk, an immutable file): no row would name the run folder."""
+def test_a_run_whose_rows_cannot_be_appended_keeps_them_in_its_run_folder(tmp_path: Path, monkeypatch, caplog) -> None:
+    """The table is left as it was (a full disk, an immutable file); the measured rows are not lost."""
     import errno
     import os
 
@@ -173,4 +174,6 @@ def test_a_run_whose_rows_cannot_be_appended_leaves_no_run_folder(tmp_path: Path
     monkeypatch.setattr(pipeline, "append_rows", full_disk)
     with pytest.raises(OSError, match="No space left"):
         run_here(recipe, tmp_path / "results")
-    assert not list((tmp_path / "results" / "runs").iterdir()) and _leftovers(tmp_path / "results") == []
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["rows"][0]["top1"] > 0
+    assert not (run_dir / "RUNNING").exists() and f"they are kept in {run_dir}/run.json" in caplog.text

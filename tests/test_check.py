@@ -288,3 +288,15 @@ def test_against_without_recipes_names_the_baselines_recipe_it_cannot_find(tmp_p
     assert "'my_tiny': neither a recipe file nor a shipped recipe" in done.stderr
     assert done.stderr.strip().endswith("; name the baseline's recipe files")
     assert not (tmp_path / "res" / "runs").exists() or not any((tmp_path / "res" / "runs").iterdir())
+
+
+def test_a_stored_baseline_of_remote_and_local_rows_matches_the_same_rows(tmp_path: Path) -> None:
+    """A remote device has no thread count (an empty cell, read as NaN), and beside it 4 reads as 4.0: neither is a
+    difference of conditions (every row was skipped: a check that compared nothing)."""
+    def row(device: str, threads: int | None) -> Row:
+        return Row(recipe="v1_fp32", device=device, target="llvm", threads=threads, batch=1, tvm_version="0.27",
+                   torch_version="2.11", vs_ort=1.1, top1=0.9, top5=1.0, params=10, macs=20, artifact_bytes=30)
+
+    rows = [row("rpi4", None), row("x86", 4)]
+    checked = baseline_check(rows, load_baseline(save_baseline(rows, tmp_path / "baseline.csv")))
+    assert checked and all(r.verdict == Verdict.SAME for r in checked), [(r.metric, r.reason) for r in checked]

@@ -58,6 +58,27 @@ def test_a_cell_that_is_not_its_columns_type_is_one_line_naming_the_row(tmp_path
     assert table.read_bytes() == before
 
 
+def test_optional_columns_appear_once_and_a_table_that_repeats_them_is_folded(tmp_path: Path) -> None:
+    """Appends before 2026-12-03 repeated `layout`/`fp16` in the header at each append (pandas read `layout.1`)."""
+    table = tmp_path / "results.csv"
+    for i in range(3):
+        append_rows([Row(run_id=str(i), recipe="a", device="x86", layout="NHWC", fp16=True)], table)
+    assert table.read_text().splitlines()[0].endswith("torch_version,layout,fp16")
+    table.write_text("run_id,recipe,device,layout,fp16,layout,fp16\n1,a,x86,NHWC,True,,\n2,b,x86,,,NCHW,False\n")
+    append_rows([Row(run_id="3", recipe="c", device="x86")], table)
+    frame = load_results(table)
+    assert list(frame["layout"][:2]) == ["NHWC", "NCHW"] and list(frame["fp16"][:2]) == [True, False]
+    assert "layout.1" not in frame.columns
+
+
+def test_cells_a_spreadsheet_writes_read_as_pandas_read_them(tmp_path: Path) -> None:
+    table = tmp_path / "results.csv"
+    table.write_text("run_id,recipe,device,remote,top1,threads\n1,None,x86,TRUE,nan,NA\n2,007,x86,false,0.5,4\n")
+    frame = load_results(table)
+    assert list(frame["remote"]) == [True, False] and frame["top1"].isna()[0] and frame["threads"][1] == 4
+    assert list(frame["recipe"]) == ["None", "007"]
+
+
 def test_empty_table_and_format() -> None:
     assert list(load_results(Path("/nonexistent/results.csv")).columns) == list(COLUMNS)
     text = format_rows([{"recipe": "r", "top1": 0.91234, "latency_ms_median": 12.3456}])

@@ -449,8 +449,9 @@ def test_refining_a_kernel_another_model_stored_leaves_a_readable_database(same_
     kernels.compile_with_database(second, target, tmp_path / "db")
 
 
+@pytest.mark.parametrize("next_use", ["seed", "compact"])  # a run's first use; a tuning session's, under the lock
 def test_a_rewrite_killed_between_its_two_files_is_finished_when_the_database_is_next_used(
-        same_kernel_other_names, tmp_path: Path, monkeypatch) -> None:
+        same_kernel_other_names, tmp_path: Path, monkeypatch, next_use: str) -> None:
     """A workload file without its records file names other kernels by the records' line numbers."""
     first, second, stored = same_kernel_other_names
     target = build_target(load_device("x86"))
@@ -459,15 +460,17 @@ def test_a_rewrite_killed_between_its_two_files_is_finished_when_the_database_is
     records = database.open_database(db_path).get_all_tuning_records()
     expected = sorted(tvm_ffi.structural_hash(r.workload.mod) for r in records)
     partial = db_path.with_name("db.partial")
+    moves = []
 
-    def killed_after_the_first_move(path: Path) -> None:
-        (partial / database.WORKLOADS).replace(path / database.WORKLOADS)
+    def killed_after_the_first_move(path: Path) -> None:  # the first call finishes nothing; the second is killed
+        if moves.append(path) or len(moves) == 2:
+            (partial / database.WORKLOADS).replace(path / database.WORKLOADS)
 
-    monkeypatch.setattr(database, "_move_into_place", killed_after_the_first_move)
+    monkeypatch.setattr(database, "finish_rewrite", killed_after_the_first_move)
     database.rewrite(db_path, records[::-1])  # the kernels in another order: other line numbers
     monkeypatch.undo()
     assert (partial / database.RECORDS).is_file()
-    database.seed(db_path, None)
+    database.seed(db_path, None) if next_use == "seed" else database.compact(db_path)
     reopened = database.open_database(db_path).get_all_tuning_records()
     assert sorted(tvm_ffi.structural_hash(r.workload.mod) for r in reopened) == expected and not partial.exists()
 

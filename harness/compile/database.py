@@ -10,7 +10,6 @@ database tuned on one CPU of a level serves every CPU of that level. The package
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +25,16 @@ from tvm.s_tir import meta_schedule as ms
 from harness import cache
 from harness.compile.intrinsics import register as register_intrinsics
 from harness.compile.provenance import preferred, timed_on
-from harness.compile.records import RECORDS, WORKLOADS, drop_unreplayable, machine_named, record_key
+from harness.compile.records import (
+    RECORDS,
+    WORKLOADS,
+    WRITTEN,
+    drop_unreplayable,
+    finish_rewrite,
+    machine_named,
+    partial_of,
+    record_key,
+)
 from harness.errors import HarnessError, last_line
 
 log = logging.getLogger(__name__)
@@ -58,34 +66,16 @@ def rewrite(path: Path, records: Iterable[ms.database.TuningRecord]) -> int:
     """Replace the database at `path` by `records`, written beside it, then moved into place; returns the number
     of records. Call it under the database's lock: the workload file is written anew, and a tuning session with
     the database open appends records by the line numbers of the old one."""
-    partial = _partial(path)
+    finish_rewrite(path)
+    partial = partial_of(path)
     shutil.rmtree(partial, ignore_errors=True)
     out, count = open_database(partial), 0
     for record in records:
         _copy_record(record, out)
         count += 1
     (partial / WRITTEN).touch()
-    _move_into_place(path)
+    finish_rewrite(path)
     return count
-
-
-WRITTEN = "WRITTEN"  # in a rewrite's partial folder once both its files are whole
-
-
-def _partial(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
-
-
-def _move_into_place(path: Path) -> None:
-    """Move a whole rewrite's files over the database at `path` (again, where a kill stopped it between them: a
-    workload file without its records file names other kernels by the records' line numbers)."""
-    partial = _partial(path)
-    if not (partial / WRITTEN).is_file():
-        return
-    for name in (WORKLOADS, RECORDS):
-        with contextlib.suppress(FileNotFoundError):  # moved already
-            (partial / name).replace(path / name)
-    shutil.rmtree(partial, ignore_errors=True)
 
 
 def _shipped_digest(shipped: Path) -> str:
@@ -113,9 +103,9 @@ def seed(db_path: Path, shipped: Path | None) -> None:
     An empty workspace database simply becomes a copy; otherwise the shipped records join the ones tuned here,
     a schedule in both keeping the shipped time, and the result is compacted (the fastest records per kernel).
     """
-    if (_partial(db_path) / WRITTEN).is_file():
+    if (partial_of(db_path) / WRITTEN).is_file():
         with cache.locked(db_path):
-            _move_into_place(db_path)
+            finish_rewrite(db_path)
     if shipped is None:
         return
     digest = _shipped_digest(shipped)
@@ -235,6 +225,7 @@ def records_for(db_path: Path, mods: Sequence[tvm.IRModule], machine: str | None
     if database_fingerprint(db_path) is None:
         return db
     with cache.locked(db_path):
+        finish_rewrite(db_path)
         with open(db_path / WORKLOADS) as f:
             for i, line in enumerate(f):
                 if line[2:line.find('"', 2)] in wanted and line.endswith("\n"):  # a tuning session may be writing
@@ -248,7 +239,7 @@ def records_for(db_path: Path, mods: Sequence[tvm.IRModule], machine: str | None
                     continue
                 try:
                     record = ms.database.TuningRecord.from_json(json.loads(line)[1], by_line[index])
-                except (RuntimeError, ValueError, IndexError):  # damaged, or a schedule that does not replay
+                except (RuntimeError, ValueError, IndexError, TypeError):  # damaged, or a schedule that does not replay
                     log.warning("tuning database %s: a damaged record, or one whose schedule does not replay on its "
                                 "kernel, was skipped", db_path)
                     continue
@@ -264,8 +255,10 @@ def compact(path: Path, keep: int = 2) -> int:
     """Keep only the `keep` fastest records of each workload timed on each machine (MetaSchedule logs every
     measured candidate; harness.compile.provenance).
 
-    Makes the database small enough to commit and quick to load; returns the number of records kept.
+    Makes the database small enough to commit and quick to load; returns the number of records kept. Under the
+    database's lock.
     """
+    finish_rewrite(path)
     db = open_database(path)
     records = db.get_all_tuning_records()
     workloads = {tvm_ffi.structural_hash(r.workload.mod): r.workload for r in records}

@@ -4,7 +4,9 @@ with the database open, which appends by the workload file's line numbers, keeps
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,12 +37,33 @@ def machine_named(line: str) -> str | None:
     return None if start < 0 else line[start + len(_TAGGED):line.index('"', start + len(_TAGGED))]
 
 
+WRITTEN = "WRITTEN"  # in a rewrite's partial folder once both its files are whole
+
+
+def partial_of(path: Path) -> Path:
+    """Where `database.rewrite` writes the new files of the database at `path` before moving them into place."""
+    return path.with_name(path.name + ".partial")
+
+
+def finish_rewrite(path: Path) -> None:
+    """Move a whole rewrite's files over the database at `path`: again, where a kill stopped it between them (a
+    workload file without its records file names other kernels by the records' line numbers). Under the lock."""
+    partial = partial_of(path)
+    if not (partial / WRITTEN).is_file():
+        return
+    for name in (WORKLOADS, RECORDS):
+        with contextlib.suppress(FileNotFoundError):  # moved already
+            (partial / name).replace(path / name)
+    shutil.rmtree(partial, ignore_errors=True)
+
+
 def edit_lines(path: Path, edit: Callable[[str], str | None]) -> int:
     """Rewrite the records file of the database at `path` line by line: `edit(line)` gets each complete line and
     returns the line(s) to write in its place, or None to drop it. A last line without its newline (a record being
     appended) is kept as it is. Returns how many lines changed or were dropped; only then is the file rewritten
     (beside it, then moved into place). The workload file and its line numbers, by which a tuning session with the
     database open appends, stay."""
+    finish_rewrite(path)
     lines, edited = [], 0
     for line in (path / RECORDS).read_text().splitlines(keepends=True) if (path / RECORDS).is_file() else []:
         if line.endswith("\n"):
