@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -17,6 +18,7 @@ from harness.schema import content_hash
 
 log = logging.getLogger(__name__)
 RUNNING = "RUNNING"  # in a run folder while its run is in progress: its process (`cache.owner`)
+EMPTY_S = 60  # a run folder still empty after this long was left by a run killed as it made it
 RESULTS_DIR = Path(os.environ.get("HARNESS_RESULTS", Path(__file__).resolve().parent.parent / "results"))
 
 
@@ -101,6 +103,11 @@ class Workspace:
             if cache.ended(recorded, mtime):
                 shutil.rmtree(marker.parent, ignore_errors=True)
                 removed += 1
+        for folder in (self.root / "runs").glob("*/"):  # killed between making a folder and marking it
+            with contextlib.suppress(OSError):  # not empty (rmdir refuses), or gone meanwhile
+                if time.time() - folder.stat().st_mtime > EMPTY_S:
+                    folder.rmdir()
+                    removed += 1
         if removed:
             log.info("removed %d leftover(s) of killed runs under %s", removed, self.root)
 

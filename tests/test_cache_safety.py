@@ -154,8 +154,12 @@ def test_sweep_removes_what_ended_processes_left_and_leaves_other_hosts_runs_alo
                    f".c.onnx.{cache.owner()}.tmp": True, f".d.onnx.{dead}.tmp": False}
     for name in temporaries:
         (tmp_path / name).write_text("x")
+    for name in ("unmarked", "unmarked-old"):  # a run killed between making its folder and marking it
+        (tmp_path / "runs" / name).mkdir()
+    os.utime(tmp_path / "runs" / "unmarked-old", (time.time() - 120, time.time() - 120))
     Workspace(tmp_path).sweep()
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["empty", "garbled", "mine", "other-host"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["empty", "garbled", "mine", "other-host",
+                                                                     "unmarked"]
     assert {name: (tmp_path / name).exists() for name in temporaries} == temporaries
 
 
