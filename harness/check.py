@@ -206,13 +206,13 @@ def load_baseline(path: Path) -> pd.DataFrame:
 
 def _condition(x: object) -> str | None:
     """A condition as compared: missing as None (a remote device has no thread count), 4.0 as 4."""
-    if x is None or (isinstance(x, float) and np.isnan(x)) or x is pd.NA:
+    if pd.isna(x):
         return None
     return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
 
 
 def _value(x: object) -> float | None:
-    return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
+    return None if pd.isna(x) else float(x)
 
 
 def _metric_row(recipe: str, device: str, metric: str, base: float | None, new: float | None, *,

@@ -185,15 +185,16 @@ def _text(path: Path) -> pd.DataFrame:
 _MISSING = {"", "nan", "NaN", "NA", "N/A", "n/a", "<NA>", "None", "null", "NULL"}  # in a number's or boolean's cell
 
 
-def read_cells(path: Path, what: str, kinds: dict[str, type] = KINDS) -> pd.DataFrame:
-    """The CSV table at `path` with each column of `kinds` as its type: text stays as written ("007", "None" and
-    "1e5" are names, not numbers; other columns are text too), an empty cell is missing (in a column of numbers or
-    booleans, so is "nan", "NA", ...), and a cell that is not its column's number or boolean is a one-line error
-    naming its row. `what` names the table in errors."""
+def _read_text(path: Path, what: str) -> pd.DataFrame:
     try:
-        table = _text(path)
+        return _text(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, IsADirectoryError) as exc:
         raise HarnessError(f"{path}: not a readable {what} ({last_line(str(exc))}); it was left untouched") from None
+
+
+def _typed(text: pd.DataFrame, path: Path, what: str, kinds: dict[str, type]) -> pd.DataFrame:
+    """A copy of `text` (cells as read by `_text`) with each column of `kinds` as its type (see `read_cells`)."""
+    table = text.copy()
     for column in table.columns:
         kind = kinds.get(column, str)
         if kind is str:
@@ -211,17 +212,30 @@ def read_cells(path: Path, what: str, kinds: dict[str, type] = KINDS) -> pd.Data
     return table
 
 
-def load_results(path: Path | None = None) -> pd.DataFrame:
-    """The results table (empty, with the standard columns, when none was written yet)."""
-    path = path or RESULTS_DIR / "results.csv"
-    if not path.is_file():
-        return pd.DataFrame(columns=list(COLUMNS))
-    table = read_cells(path, "results table")
+def read_cells(path: Path, what: str, kinds: dict[str, type] = KINDS) -> pd.DataFrame:
+    """The CSV table at `path` with each column of `kinds` as its type: text stays as written ("007", "None" and
+    "1e5" are names, not numbers; other columns are text too), an empty cell is missing (in a column of numbers or
+    booleans, so is "nan", "NA", ...), and a cell that is not its column's number or boolean is a one-line error
+    naming its row. `what` names the table in errors."""
+    return _typed(_read_text(path, what), path, what, kinds)
+
+
+def _results(text: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The results table read as `text`, typed; one not written by the harness is refused."""
+    table = _typed(text, path, "results table", KINDS)
     missing = [c for c in KEY_COLUMNS if c not in table.columns]
     if missing:
         raise HarnessError(f"{path}: not a results table of the harness (no column {', '.join(missing)}); it was "
                            "left untouched")
     return table
+
+
+def load_results(path: Path | None = None) -> pd.DataFrame:
+    """The results table (empty, with the standard columns, when none was written yet)."""
+    path = path or RESULTS_DIR / "results.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=list(COLUMNS))
+    return _results(_read_text(path, "results table"), path)
 
 
 def _cells(row: Row | dict[str, Any]) -> dict[str, Any]:
@@ -236,8 +250,9 @@ def append_rows(rows: Sequence[Row | dict[str, Any]], path: Path | None = None) 
     for column in [c for c in new.columns if KINDS.get(c) is int]:  # 3, not 3.0, beside a row without it
         new[column] = pd.to_numeric(new[column]).astype("Int64")
     with locked(path):
-        load_results(path)  # a table it cannot read is refused, and left untouched
-        old = _text(path) if path.is_file() else pd.DataFrame()
+        old = _read_text(path, "results table") if path.is_file() else pd.DataFrame()
+        if path.is_file():
+            _results(old, path)  # a table it cannot read is refused, and left untouched
         columns = list(dict.fromkeys([*COLUMNS, *old.columns, *new.columns]))  # each once
         frames = [f.reindex(columns=columns) for f in (old, new) if not f.empty]
         table = pd.concat(frames, ignore_index=True) if frames else new.reindex(columns=columns)

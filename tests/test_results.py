@@ -28,6 +28,14 @@ def test_unreadable_table_is_left_untouched(tmp_path: Path) -> None:
     assert table.read_bytes() == before
 
 
+def test_a_table_the_harness_did_not_write_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    table = tmp_path / "results.csv"
+    table.write_text("name,score\nalice,3\n")
+    with pytest.raises(HarnessError, match="not a results table of the harness \\(no column run_id, recipe, device"):
+        append_rows([Row(run_id="1", recipe="a", device="x86")], table)
+    assert table.read_text() == "name,score\nalice,3\n"
+
+
 def test_appending_writes_the_old_rows_back_as_they_were(tmp_path: Path) -> None:
     """Names that look like numbers or NA (recipes "007", "None", "1e5"; a git revision "12e4567") stay text, in
     the file and when read; counts are written as whole numbers beside rows that lack them."""
