@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.specs import fully_tuned
 
 BASELINES = ("v1_fp32", "vgg16_fp32", "resnet18_fp32", "resnet50_fp32")
 PER = ("device", "host", "dataset", "batch")  # rows are compared only with rows of the same of each
@@ -51,14 +52,16 @@ def compare_table(table: pd.DataFrame, *, device: str | None = None, baseline: s
     for _, group in rows.groupby(list(PER), dropna=False, sort=False):
         group = group.copy()
         ref = group[group["recipe"] == baseline]
-        tuned = group["tuned_kernels"].map(_complete)
+        schedules = group["schedules"] if "schedules" in group else [None] * len(group)
+        tuned = pd.Series([fully_tuned(k, s) for k, s in zip(group["tuned_kernels"], schedules, strict=True)],
+                          index=group.index)
         group["role"] = ["baseline" if r in BASELINES or r == baseline else "variant" for r in group["recipe"]]
         if ref.empty:
             group["delta_top1"] = group["speedup"] = float("nan")
         else:
             ref_row = ref.iloc[0]
             group["delta_top1"] = group["top1"] - ref_row["top1"]
-            ref_tuned = _complete(ref_row["tuned_kernels"])
+            ref_tuned = bool(tuned[ref.index[0]])
             group["speedup"] = [ref_row["latency_ms_median"] / lat if ok and ref_tuned else float("nan")
                                 for lat, ok in zip(group["latency_ms_median"], tuned, strict=True)]
         front = pareto(group.loc[tuned, "top1"], group.loc[tuned, "latency_ms_median"])
@@ -66,14 +69,6 @@ def compare_table(table: pd.DataFrame, *, device: str | None = None, baseline: s
         groups.append(group)
     out = pd.concat(groups).reindex(columns=list(COLUMNS))
     return out.sort_values(["device", "host", "dataset", "batch", "role", "latency_ms_median"], ignore_index=True)
-
-
-def _complete(coverage: object) -> bool:
-    """Whether a `tuned_kernels` cell ("k/n") says every kernel was tuned (a missing cell does not)."""
-    if not isinstance(coverage, str):
-        return False
-    tuned, _, total = coverage.partition("/")
-    return tuned.isdigit() and tuned == total
 
 
 def render(frame: pd.DataFrame, fmt: str) -> str:

@@ -19,7 +19,7 @@ import pandas as pd
 from harness.cache import locked, tmp_path
 from harness.errors import HarnessError, last_line
 from harness.noise import cpu_model
-from harness.specs import TuningCoverage
+from harness.specs import TuningCoverage, fully_tuned
 from harness.workspace import RESULTS_DIR, package_versions
 
 
@@ -126,9 +126,8 @@ class Row:
         return replace(self, **asdict(conditions))
 
     def fully_tuned(self) -> bool:
-        """Every kernel of the row's artifact ran a real schedule: tuned, or on a GPU DLight's defaults
-        (untuned CPU kernels are naive loops)."""
-        return (self.tuned_kernels is not None and self.tuned_kernels.complete) or self.schedules == "dlight"
+        """Every kernel of the row's artifact ran a real schedule (`specs.fully_tuned`)."""
+        return fully_tuned(self.tuned_kernels, self.schedules)
 
     def as_dict(self) -> dict[str, Any]:
         """The row as table cells: tuned_kernels as "k/n"; fields only some rows have are left out when unset."""

@@ -75,6 +75,18 @@ def test_compare_takes_rows_without_tuned_kernels_and_baselines_named_like_numbe
     assert speedup["a"] == 2.0 and pd.isna(speedup["b"])
 
 
+def test_compare_counts_gpu_rows_on_dlight_defaults_as_fully_scheduled() -> None:
+    """On a GPU, untuned kernels run DLight's schedules (as `run` counts them): they get a speed-up and a front."""
+    table = pd.DataFrame([{"recipe": r, "device": "cuda", "host": "h200", "dataset": "digits", "batch": 1,
+                           "top1": 0.9, "latency_ms_median": lat, "tuned_kernels": k, "schedules": s}
+                          for r, lat, k, s in [("v1_fp32", 1.0, "0/30", "dlight"),
+                                               ("v1_alpha050", 0.5, "0/30", "dlight"),
+                                               ("v1_alpha025", 0.4, "0/30", None)]])
+    out = compare_table(table).set_index("recipe")
+    assert out["speedup"]["v1_alpha050"] == 2.0 and pd.isna(out["speedup"]["v1_alpha025"])
+    assert out["pareto"]["v1_alpha050"] and not out["pareto"]["v1_alpha025"]
+
+
 def test_compare_puts_variants_beside_the_baseline(results: Path) -> None:
     done = run_cli("compare", "--baseline", "tiny", "--format", "json", "--results", str(results))
     assert done.returncode == 0, done.stderr

@@ -30,7 +30,7 @@ from harness.compile.tvm_intrinsics import load_tensor_intrinsics
 from harness.device import ConvLayout, DeviceProfile
 from harness.errors import HarnessError, last_line
 from harness.export import OnnxModel
-from harness.specs import CompileOptions, TuningCoverage
+from harness.specs import CompileOptions, TuningCoverage, fully_tuned
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class CompileReport:
     schedules: str | None = None  # "dlight": untuned GPU kernels run DLight's default schedules
 
     def fully_tuned(self) -> bool:
-        """Every kernel runs a real schedule: tuned, or on a GPU DLight's defaults."""
-        return self.tuned_kernels.complete or self.schedules == "dlight"
+        """Every kernel runs a real schedule (`specs.fully_tuned`)."""
+        return fully_tuned(self.tuned_kernels, self.schedules)
 
     def row_fields(self) -> dict[str, Any]:
         """The report as results-row fields (harness.results.Row has one of each name)."""

@@ -69,6 +69,13 @@ class TuningCoverage:
         return cls(tuned=int(tuned), total=int(total)) if sep and tuned.isdigit() and total.isdigit() else None
 
 
+def fully_tuned(tuned_kernels: TuningCoverage | object, schedules: object) -> bool:
+    """Every kernel of an artifact runs a real schedule: tuned, or on a GPU DLight's defaults (untuned CPU kernels are
+    naive loops). `tuned_kernels` may be a results-table cell ("k/n"; a missing cell is not complete)."""
+    coverage = tuned_kernels if isinstance(tuned_kernels, TuningCoverage) else TuningCoverage.parse(tuned_kernels)
+    return (coverage is not None and coverage.complete) or schedules == "dlight"
+
+
 # ---------------------------------------------------------------- recipe
 
 
