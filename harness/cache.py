@@ -90,6 +90,21 @@ def sweep(root: Path) -> int:
     return removed
 
 
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write `data` to `path` whole or not at all: into a temporary file beside it, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + CHECKSUM)
 

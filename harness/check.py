@@ -21,9 +21,10 @@ import pandas as pd
 
 from harness.abtest import Verdict, interleave, judge
 from harness.artifacts import MANIFEST, ArtifactSet, load_set
+from harness.cache import write_atomic
 from harness.errors import HarnessError
 from harness.noise import cpu_model
-from harness.results import KINDS, Row, markdown, read_cells, write_json, write_text
+from harness.results import KINDS, Row, markdown, read_cells, write_json
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -187,7 +188,7 @@ def save_baseline(rows: list[Row], path: Path) -> Path:
     """The figures `check --against` compares, with their conditions, as a CSV file (written atomically)."""
     cells = [{"baseline_format": BASELINE_FORMAT, "recipe": r.recipe, "git_rev": r.git_rev, "noisy": r.noisy,
               **{c: getattr(r, c) for c in (*CONDITIONS, *METRICS)}} for r in rows]
-    return write_text(path, pd.DataFrame(cells).to_csv(index=False))
+    return write_atomic(path, pd.DataFrame(cells).to_csv(index=False))
 
 
 def load_baseline(path: Path) -> pd.DataFrame:
@@ -288,7 +289,7 @@ def write_outputs(rows: list[CheckRow], out: Path, context: dict[str, object]) -
     context = {"host": cpu_model(), **context}
     md = [f"### {summary(rows)}", "", markdown(table(rows)) if rows else "(nothing compared)", "",
           "<sub>" + "; ".join(f"{k}: {v}" for k, v in context.items()) + "</sub>", ""]
-    md_path, json_path = write_text(out / "check.md", "\n".join(md)), out / "check.json"
+    md_path, json_path = write_atomic(out / "check.md", "\n".join(md)), out / "check.json"
     write_json(json_path, {"exit_code": exit_code(rows), "summary": summary(rows), **context,
                            "rows": [asdict(r) | {"verdict": str(r.verdict)} for r in rows]})
     return md_path, json_path

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from harness.cache import write_atomic
 from harness.device import DeviceProfile, EmulatorSpec
 from harness.errors import HarnessError
 
@@ -66,10 +67,7 @@ def load_state() -> State:
 
 
 def _save_state(state: State) -> None:
-    EMULATOR_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = _state_path().with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2))
-    tmp.replace(_state_path())
+    write_atomic(_state_path(), json.dumps(asdict(state), indent=2))
 
 
 def _alive(pid: int | None) -> bool:

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.cache import write_atomic
 from harness.compare import compare_table, latest
 from harness.errors import HarnessError
-from harness.results import markdown, write_text
+from harness.results import markdown
 
 log = logging.getLogger(__name__)
 CONDITION_COLUMNS = ("recipe", "device", "host", "target", "threads", "batch", "emulated", "tuned_kernels",
@@ -195,4 +196,4 @@ def build_report(table: pd.DataFrame, out: Path, runs_dir: Path, *, device: str 
     page += [f"<h2>{html.escape(f.title)}</h2><img alt='{f.name}' src='data:image/png;base64,"
              f"{base64.b64encode(f.png).decode()}'>" for f in figures]
     page += ["<h2>Conditions of every number</h2>", conditions.to_html(index=False, na_rep="-"), "</body></html>"]
-    return write_text(out / "report.html", "\n".join(page)), write_text(out / "report.md", "\n".join(md))
+    return write_atomic(out / "report.html", "\n".join(page)), write_atomic(out / "report.md", "\n".join(md))

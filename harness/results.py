@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import typing
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.cache import locked, tmp_path
+from harness.cache import locked, write_atomic
 from harness.errors import HarnessError, last_line
 from harness.noise import cpu_model
 from harness.specs import TuningCoverage, fully_tuned
@@ -255,35 +254,18 @@ def append_rows(rows: Sequence[Row | dict[str, Any]], path: Path | None = None) 
         columns = list(dict.fromkeys([*COLUMNS, *old.columns, *new.columns]))  # each once
         frames = [f.reindex(columns=columns) for f in (old, new) if not f.empty]
         table = pd.concat(frames, ignore_index=True) if frames else new.reindex(columns=columns)
-        tmp = tmp_path(path)
-        try:
-            table.to_csv(tmp, index=False)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Write `text` to `path` atomically (a complete temporary file renamed over it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        write_atomic(path, table.to_csv(index=False))
     return path
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write `data` as JSON atomically."""
-    write_text(path, json.dumps(data, indent=2, default=str))
+    write_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def write_table(rows: Sequence[Row], path: Path) -> Path:
     """Write `rows` as a new CSV table at `path` (atomically)."""
-    return write_text(path, pd.DataFrame([r.as_dict() for r in rows]).to_csv(index=False))
+    return write_atomic(path, pd.DataFrame([r.as_dict() for r in rows]).to_csv(index=False))
 
 
 def markdown(frame: pd.DataFrame) -> str:

@@ -14,6 +14,7 @@ import tvm
 
 from harness.audit import Audit, audit
 from harness.build import Compiled, Exported, export_variant, structural
+from harness.cache import write_atomic
 from harness.compile import database, prepare_module, remeasure, tuning
 from harness.compile.intrinsics import dot_product
 from harness.compile.kernels import extract_tasks, module_tasks
@@ -22,7 +23,6 @@ from harness.compile.target import build_target, target_key, target_spec
 from harness.data import load_data
 from harness.device import DeviceProfile
 from harness.recipe import available_recipes, load_recipe
-from harness.results import write_text
 from harness.specs import Recipe
 from harness.workspace import Workspace
 
@@ -125,7 +125,7 @@ def audit_recipes(recipes: list[Recipe], profile: DeviceProfile, ws: Workspace, 
     models = {f"{r.name} (batch {r.measure.batch})" if several else r.name: tasks
               for r, tasks in zip(recipes, per_model, strict=True)}
     result = audit(models, tuning_database(profile, ws), target, profile, progress)
-    path = write_text(ws.root / "audit" / f"audit-{time.strftime('%Y%m%d-%H%M%S')}.csv",
+    path = write_atomic(ws.root / "audit" / f"audit-{time.strftime('%Y%m%d-%H%M%S')}.csv",
                       result.table.to_csv(index=False))
     return result, path
 

@@ -91,9 +91,7 @@ def _unpack(shipped: Path, into: Path) -> None:
 
     into.mkdir(parents=True, exist_ok=True)
     for name in (WORKLOADS, RECORDS):
-        tmp = into / (name + ".tmp")
-        tmp.write_bytes(lzma.decompress((shipped / (name + PACKED)).read_bytes()))
-        tmp.replace(into / name)
+        cache.write_atomic(into / name, lzma.decompress((shipped / (name + PACKED)).read_bytes()))
 
 
 def seed(db_path: Path, shipped: Path | None) -> None:
@@ -160,9 +158,7 @@ def pack(db_path: Path, shipped: Path, workloads: Sequence[tvm.IRModule] | None 
         size = 0
         for name in (WORKLOADS, RECORDS):
             data = lzma.compress((Path(tmp) / name).read_bytes(), preset=9 | lzma.PRESET_EXTREME)
-            tmp_out = shipped / (name + PACKED + ".tmp")
-            tmp_out.write_bytes(data)
-            tmp_out.replace(shipped / (name + PACKED))
+            cache.write_atomic(shipped / (name + PACKED), data)
             size += len(data)
     (db_path / SEEDED).write_text(_shipped_digest(shipped) + "\n")
     return size

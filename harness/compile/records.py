@@ -13,6 +13,7 @@ from pathlib import Path
 import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
+from harness.cache import write_atomic
 from harness.compile.intrinsics import register as register_intrinsics
 from harness.compile.provenance import TAG, timed_on
 
@@ -75,9 +76,7 @@ def edit_lines(path: Path, edit: Callable[[str], str | None]) -> int:
             line = new
         lines.append(line)
     if edited:
-        tmp = path / (RECORDS + ".tmp")
-        tmp.write_text("".join(lines))
-        tmp.replace(path / RECORDS)
+        write_atomic(path / RECORDS, "".join(lines))
     return edited
 
 
