@@ -1,10 +1,13 @@
-"""The import graph of the package: no circles, specs are a leaf, no stage imports `recipe` back, and the command
-line checks its inputs before torch and TVM load.
+"""The import graph of the package: the layers of docs/ARCHITECTURE.md (no import goes up one), no circles, the
+leaves import no stage, no stage imports `recipe` back, and the command line checks its inputs before torch and TVM
+load.
 
 Every `import` counts, including those inside functions (a lazy import is still a dependency).
 """
 
 import ast
+import itertools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "harness"
 # The modules that may read recipe files: the command line and the commands that load shipped recipes.
 RECIPE_READERS = {"harness.commands", "harness.tune", "harness.sweep"}
 MAX_LINES = 330
+ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
 
 
 def _module_name(path: Path) -> str:
@@ -69,8 +73,37 @@ def test_the_circle_detector_finds_one() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-LEAVES = {"harness.errors", "harness.limits", "harness.progress", "harness.schema", "harness.specs",
-          "harness.specs.steps"}
+def _layers() -> dict[str, int]:
+    """Module or package → its row in the layer table of docs/ARCHITECTURE.md (0: the leaves)."""
+    text = ARCHITECTURE.read_text()
+    rows = itertools.takewhile(lambda line: line.startswith("|"), text[text.index("| layer |"):].splitlines()[2:])
+    layers = {}
+    for i, row in enumerate(rows):
+        for name in re.findall(r"`([^`]+)`", row.split("|")[2]):
+            parts = ["harness", *name.removesuffix("/").removesuffix(".py").split("/")]
+            layers[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = i
+    return layers
+
+
+def _layer(module: str, layers: dict[str, int]) -> int | None:
+    """The layer of `module`, or of the package that holds it (None: in no row)."""
+    parts = module.split(".")
+    return next((layers[p] for p in (".".join(parts[:n]) for n in range(len(parts), 0, -1)) if p in layers), None)
+
+
+def test_every_module_is_in_the_layer_table_and_imports_no_layer_above_its_own() -> None:
+    layers, graph = _layers(), _graph()
+    assert [m for m in sorted(graph) if _layer(m, layers) is None] == []
+    assert [f"{m} -> {d}" for m, deps in sorted(graph.items()) for d in sorted(deps)
+            if _layer(d, layers) > _layer(m, layers)] == []
+
+
+def test_a_module_is_in_the_layer_of_its_package() -> None:
+    layers = {"harness.a": 0, "harness.b": 1}
+    assert _layer("harness.b.c", layers) == 1 and _layer("harness.x", layers) is None
+
+
+LEAVES = {m for m in _graph() if _layer(m, _layers()) == 0}
 
 
 @pytest.mark.parametrize("leaf", sorted(LEAVES))
