@@ -60,9 +60,9 @@ def exit_code(rows: list[CheckRow]) -> int:
 
 # --- same-run A/B ------------------------------------------------------------------------------------------------
 
-def _git(*args: str, cwd: Path = REPO) -> str:
+def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     except subprocess.CalledProcessError as exc:
         raise HarnessError(f"git {' '.join(args)}: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}"
                            ) from None

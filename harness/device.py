@@ -117,10 +117,8 @@ class DeviceProfile:
                 if compiler.endswith("-gcc") else ""
             raise HarnessError(f"device {self.name}: cross compiler {self.cross_compiler!r} not found{package}")
 
-    def with_gpu(self, gpu: int | None) -> DeviceProfile:
+    def with_gpu(self, gpu: int) -> DeviceProfile:
         """Override which GPU a CUDA profile runs on (CLI `--gpu`)."""
-        if gpu is None:
-            return self
         require("gpu", "--gpu", gpu)
         return replace(self, gpu=gpu)
 
@@ -173,18 +171,18 @@ def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:
     return host, int(port)
 
 
-def available_devices(devices_dir: Path = DEVICES_DIR) -> list[str]:
+def available_devices() -> list[str]:
     """Names of the shipped profiles (files in `devices/`)."""
-    return sorted(p.stem for p in devices_dir.glob("*.yaml"))
+    return sorted(p.stem for p in DEVICES_DIR.glob("*.yaml"))
 
 
-def load_device(name_or_path: str, devices_dir: Path = DEVICES_DIR) -> DeviceProfile:
+def load_device(name_or_path: str) -> DeviceProfile:
     """Load a profile by name (`devices/NAME.yaml`) or path; TVM_TRACKER_HOST/PORT override the tracker."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        path = devices_dir / f"{name_or_path}.yaml"
+        path = DEVICES_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
-            allowed = ", ".join(available_devices(devices_dir)) or "none"
+            allowed = ", ".join(available_devices()) or "none"
             raise HarnessError(f"unknown device {name_or_path!r}; available: {allowed}")
     profile = replace(from_dict(DeviceProfile, load_yaml(path), str(path)), source=str(name_or_path))
     env_host, env_port = os.environ.get("TVM_TRACKER_HOST"), os.environ.get("TVM_TRACKER_PORT")

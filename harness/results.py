@@ -146,9 +146,9 @@ SUMMARY_COLUMNS = ("recipe", "model", "width_mult", "resolution", "dtype", "para
                    "vs_ort")
 
 
-def git_revision(cwd: Path | None = None) -> str:
+def git_revision() -> str:
     """Short git revision of the harness checkout (with '+dirty' for local changes), or 'unknown'."""
-    cwd = cwd or Path(__file__).resolve().parent
+    cwd = Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True,
                              text=True, check=True).stdout.strip()

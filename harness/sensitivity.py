@@ -32,14 +32,12 @@ def prunable_layers(model: nn.Module) -> list[str]:
 
 
 def analyze(model: nn.Module, evaluate: Callable[[nn.Module], float], resolution: int, *,
-            ratios: Sequence[float] = DEFAULT_RATIOS, layers: Sequence[str] | None = None,
-            progress: bool = True) -> pd.DataFrame:
+            ratios: Sequence[float] = DEFAULT_RATIOS, progress: bool = True) -> pd.DataFrame:
     """Top-1 after pruning each layer alone at each ratio: columns layer, ratio, top1, drop, macs."""
     example = torch.zeros(1, 3, resolution, resolution)
     base = evaluate(model)
     rows = [{"layer": "(none)", "ratio": 0.0, "top1": base, "drop": 0.0, "macs": count_macs(model, resolution)}]
-    layers = list(layers or prunable_layers(model))
-    for layer in progress_over(layers, "sensitivity", "layer", enabled=progress):
+    for layer in progress_over(prunable_layers(model), "sensitivity", "layer", enabled=progress):
         for ratio in ratios:
             pruned = copy.deepcopy(model)
             prune(pruned, PruneSpec(ratio=0.0, layer_ratios={layer: ratio}, round_to=None), example)

@@ -120,6 +120,4 @@ def link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:
-        import shutil
-
         shutil.copy2(src, dst)

@@ -36,8 +36,8 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, resolution: int | tuple[int, int], in_channels: int = 3) -> int:
-    """Multiply-adds of every Conv2d and Linear for one image of the given resolution."""
+def count_macs(model: nn.Module, resolution: int | tuple[int, int]) -> int:
+    """Multiply-adds of every Conv2d and Linear for one RGB image of the given resolution."""
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
     total = 0
 
@@ -60,7 +60,7 @@ def count_macs(model: nn.Module, resolution: int | tuple[int, int], in_channels:
     model.eval()
     try:
         device = next(model.parameters()).device  # the meta device counts without computing
-        forward(model, torch.zeros(1, in_channels, h, w, device=device))
+        forward(model, torch.zeros(1, 3, h, w, device=device))
     finally:
         for handle in handles:
             handle.remove()
