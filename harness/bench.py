@@ -26,7 +26,7 @@ from harness.compile.target import build_target, target_json
 from harness.data import calibration_batches, load_data
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
-from harness.measure import LatencyStats, LocalExecutor, latency_stats, ort_session, settle, time_callable
+from harness.measure import LatencyStats, LocalExecutor, latency_stats, ort_call, settle, time_callable, torch_call
 from harness.noise import Load, NoiseLog, watch
 from harness.progress import progress_over
 from harness.results import Conditions, Row, write_table
@@ -49,22 +49,6 @@ def _artifact(exported: Exported, profile: DeviceProfile, ws: Workspace, tuned: 
 
 def _tvm_runner(artifact: Artifact, batch: np.ndarray, threads: int | None) -> Callable[[], object]:
     return LocalExecutor(artifact.path, threads).bind(batch)
-
-
-def _ort_runner(exported: Exported, batch: np.ndarray, threads: int | None) -> Callable[[], object]:
-    sess = ort_session(exported.onnx.path, threads)
-    feed = {sess.get_inputs()[0].name: batch}
-    return lambda: sess.run(None, feed)
-
-
-def _torch_runner(exported: Exported, batch: np.ndarray) -> Callable[[], object]:
-    x = torch.from_numpy(batch)
-
-    def run() -> object:
-        with torch.inference_mode():
-            return exported.model(x)
-
-    return run
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -113,8 +97,8 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
                 tuned_artifact = artifact
             calls[name] = _tvm_runner(artifact, batch, threads)
             reports[name] = artifact.report
-    calls["onnxruntime"] = _ort_runner(exported, batch, threads)
-    calls["pytorch"] = _torch_runner(exported, batch)  # eager fp32 (int8 exists only as the ONNX QDQ model)
+    calls["onnxruntime"] = ort_call(exported.onnx.path, batch, threads)
+    calls["pytorch"] = torch_call(exported.model, batch)  # eager fp32 (int8 exists only as the ONNX QDQ model)
     return Runners(recipe=recipe, dtype=exported.dtype, threads=threads, calls=calls, reports=reports,
                    tuned=tuned_artifact, onnx=exported.onnx.path)
 

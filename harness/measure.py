@@ -183,15 +183,24 @@ def settle(fn: Callable[[], object]) -> int:
     return calls
 
 
+def torch_call(model: nn.Module, batch: np.ndarray) -> Callable[[], object]:
+    """One PyTorch eager inference of `batch` (on the threads torch is set to), to time."""
+    x = torch.from_numpy(batch)
+
+    def run() -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    return run
+
+
 def torch_latency(model: nn.Module, batch: np.ndarray, spec: MeasureSpec, threads: int | None) -> LatencyStats:
     """PyTorch eager latency on this host with the same thread count."""
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    x = torch.from_numpy(batch)
     try:
-        with torch.inference_mode():
-            return latency_stats(time_callable(lambda: model(x), spec))
+        return latency_stats(time_callable(torch_call(model, batch), spec))
     finally:
         torch.set_num_threads(previous)
 
@@ -247,12 +256,17 @@ def ort_has_cuda() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def ort_call(onnx_path: Path, batch: np.ndarray, threads: int | None, gpu: int | None = None) -> Callable[[], list]:
+    """One ONNX Runtime inference of `batch` (a session on this host's `threads`, or on GPU `gpu`), to time."""
+    sess = ort_session(onnx_path, threads, gpu)
+    feed = {sess.get_inputs()[0].name: batch}
+    return lambda: sess.run(None, feed)
+
+
 def ort_latency(onnx_path: Path, batch: np.ndarray, spec: MeasureSpec, threads: int | None,
                 gpu: int | None = None) -> LatencyStats:
     """ONNX Runtime latency of the same ONNX file on this host (same thread count) or on GPU `gpu`."""
-    sess = ort_session(onnx_path, threads, gpu)
-    feed = {sess.get_inputs()[0].name: batch}
-    return latency_stats(time_callable(lambda: sess.run(None, feed), spec))
+    return latency_stats(time_callable(ort_call(onnx_path, batch, threads, gpu), spec))
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
