@@ -55,18 +55,16 @@ def build_set(recipes: list[Recipe], profile: DeviceProfile, out: Path, ws: Work
         raise HarnessError(f"--out {out}: a folder that is not a saved artifact set; give a new or empty folder")
     # The build stages load torch and TVM (seconds): only here, so that reading a saved set (and `check`'s usage
     # errors) stays quick.
-    from harness.build import compile_variant, export_variant, preflight, structural
-    from harness.data import calibration_batches, load_data
+    from harness.build import compile_variant, export_structural
+    from harness.data import first_batch
     from harness.tune import tuning_database
 
     database = tuning_database(profile, ws)
     built = {}
     for recipe in recipes:
-        shape = structural(recipe)
-        splits = load_data(shape.data, shape.resolution)
-        preflight(shape, splits.num_classes)
-        artifact = compile_variant(export_variant(shape, splits, ws, progress), profile, ws, database)
-        batch = next(iter(calibration_batches(splits, recipe.measure.batch, recipe.measure.batch)))
+        exported, splits = export_structural(recipe, ws, progress)
+        artifact = compile_variant(exported, profile, ws, database)
+        batch = first_batch(splits, recipe.measure.batch)
         built[recipe.name] = artifact, tuple(batch.shape)
         log.info("%s: compiled (%s kernels tuned)", recipe.name, artifact.report.tuned_kernels)
     return save_set(built, profile, out)

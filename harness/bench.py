@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.build import Exported, compile_variant, export_variant, preflight, structural
+from harness.build import Exported, compile_variant, export_structural
 from harness.compile import Artifact, CompileReport
 from harness.compile.database import database_fingerprint
 from harness.compile.target import build_target, target_json
-from harness.data import calibration_batches, load_data
+from harness.data import first_batch
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
 from harness.measure import LatencyStats, LocalExecutor, latency_stats, ort_call, settle, time_callable, torch_call
@@ -75,10 +75,8 @@ def runners(recipe: Recipe, profile: DeviceProfile, *, workspace: Workspace | No
     if profile.is_remote:
         raise HarnessError(f"bench runs on this host; device {profile.name} is remote (use `harness run`)")
     ws = workspace or Workspace()
-    splits = load_data(recipe.data, recipe.resolution)
-    preflight(structural(recipe), splits.num_classes)
-    exported = export_variant(structural(recipe), splits, ws, progress)
-    batch = next(iter(calibration_batches(splits, recipe.measure.batch, recipe.measure.batch)))
+    exported, splits = export_structural(recipe, ws, progress)
+    batch = first_batch(splits, recipe.measure.batch)
     threads = profile.thread_count
     if threads is not None:
         torch.set_num_threads(threads)

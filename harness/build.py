@@ -24,7 +24,7 @@ from harness.compile.database import database_fingerprint
 from harness.compile.provenance import timing_machine
 from harness.compile.target import build_target, target_json
 from harness.compress import StepContext, make_step
-from harness.data import DataSplits
+from harness.data import DataSplits, load_data
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
 from harness.export import OnnxModel, export_onnx
@@ -218,6 +218,14 @@ def structural(recipe: Recipe) -> Recipe:
         return recipe
     return replace(recipe, train=replace(recipe.train, epochs=0),
                    steps=tuple(s for s in recipe.steps if not isinstance(s, FinetuneSpec)))
+
+
+def export_structural(recipe: Recipe, ws: Workspace, progress: bool = True) -> tuple[Exported, DataSplits]:
+    """`structural(recipe)` checked (`preflight`) and exported, with its data splits."""
+    shape = structural(recipe)
+    splits = load_data(shape.data, shape.resolution)
+    preflight(shape, splits.num_classes)
+    return export_variant(shape, splits, ws, progress), splits
 
 
 def compile_variant(exported: Exported, profile: DeviceProfile, ws: Workspace, database: Path | None, *,

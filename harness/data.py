@@ -126,6 +126,11 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, see
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=False)
 
 
+def first_batch(splits: DataSplits, batch: int) -> np.ndarray:
+    """The first `batch` images of `calibration_batches` as one batch: the input that is timed and checked."""
+    return next(iter(calibration_batches(splits, batch, batch)))
+
+
 def calibration_batches(splits: DataSplits, samples: int, batch_size: int = 1) -> Iterator[np.ndarray]:
     """Up to `samples` images (from the train split, else eval) as float32 NCHW numpy batches."""
     source = splits.train if splits.train is not None else splits.val

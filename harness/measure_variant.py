@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from harness.build import Compiled
-from harness.data import DataSplits, calibration_batches
+from harness.data import DataSplits, first_batch
 from harness.device import DeviceProfile
 from harness.errors import HarnessError
 from harness.measure import (
@@ -102,7 +102,7 @@ def measure_variant(compiled: Compiled, profile: DeviceProfile, splits: DataSpli
     exported, artifact, recipe = compiled.exported, compiled.artifact, compiled.recipe
     spec = recipe.measure
     executor, emulated, board = _executor(compiled, profile)
-    batch = next(iter(calibration_batches(splits, spec.batch, spec.batch)))
+    batch = first_batch(splits, spec.batch)
     diff = _check_agreement(compiled, executor, batch)
     where = "remote" if profile.is_remote else "local"
     log.info("evaluating %s on %d images (%s)", recipe.name, len(splits.val), where)

@@ -13,14 +13,13 @@ from pathlib import Path
 import tvm
 
 from harness.audit import Audit, audit
-from harness.build import Compiled, Exported, export_variant, structural
+from harness.build import Compiled, Exported, export_structural
 from harness.cache import write_atomic
 from harness.compile import database, prepare_module, remeasure, tuning
 from harness.compile.intrinsics import dot_product
 from harness.compile.kernels import extract_tasks, module_tasks
 from harness.compile.runners import check_runner
 from harness.compile.target import build_target, target_key, target_spec
-from harness.data import load_data
 from harness.device import DeviceProfile
 from harness.recipe import available_recipes, load_recipe
 from harness.specs import Recipe
@@ -76,10 +75,7 @@ def tuning_modules(exports: list[Exported], profile: DeviceProfile) -> list[tvm.
 
 def structural_exports(variants: list[Recipe], ws: Workspace, progress: bool = True) -> list[Exported]:
     """`variants` exported untrained (see `build.structural`): their kernels, without the training."""
-    exports = []
-    for variant in map(structural, variants):
-        exports.append(export_variant(variant, load_data(variant.data, variant.resolution), ws, progress))
-    return exports
+    return [export_structural(variant, ws, progress)[0] for variant in variants]
 
 
 def tune_exports(exports: list[Exported], profile: DeviceProfile, ws: Workspace, *, trials: int,

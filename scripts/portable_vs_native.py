@@ -11,8 +11,8 @@ import sys
 
 import numpy as np
 
-from harness.build import compile_variant, export_variant, structural
-from harness.data import calibration_batches, load_data
+from harness.build import compile_variant, export_structural
+from harness.data import first_batch
 from harness.device import load_device
 from harness.measure import LocalExecutor, latency_stats
 from harness.recipe import load_recipe
@@ -23,10 +23,9 @@ from harness.workspace import Workspace
 def main(names: list[str], rounds: int = 5) -> None:
     ws = Workspace()
     for name in names:
-        recipe = structural(load_recipe(name))  # untrained: latency does not depend on the weights
-        splits = load_data(recipe.data, recipe.resolution)
-        batch = next(iter(calibration_batches(splits, 1, 1)))
-        exported, runs = export_variant(recipe, splits, ws, progress=False), {}
+        # untrained (build.structural): latency does not depend on the weights
+        exported, splits = export_structural(load_recipe(name), ws, progress=False)
+        batch, runs = first_batch(splits, 1), {}
         for device in ("x86", "x86-native"):
             profile = load_device(device)
             artifact = compile_variant(exported, profile, ws, tuning_database(profile, ws))
@@ -34,7 +33,7 @@ def main(names: list[str], rounds: int = 5) -> None:
         times: dict[str, list[float]] = {d: [] for d in runs}
         for r in range(rounds):  # interleaved, order alternating, so drift hits both alike
             for device in (list(runs) if r % 2 == 0 else list(reversed(runs))):
-                times[device] += runs[device][0].time(batch, recipe.measure)
+                times[device] += runs[device][0].time(batch, exported.recipe.measure)
         med = {d: latency_stats(t).median_ms for d, t in times.items()}
         for d, (_, artifact) in runs.items():
             print(f"{name} {d:<10} {artifact.report.tuned_kernels!s:>6} tuned  median {med[d]:.3f} ms  "
