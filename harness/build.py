@@ -33,7 +33,7 @@ from harness.models.counting import forward
 from harness.schema import content_hash
 from harness.specs import CompileOptions, FinetuneSpec, PruneSpec, Recipe, StepSpec
 from harness.train import fit
-from harness.workspace import Workspace
+from harness.workspace import Workspace, exporter_digest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -191,8 +191,8 @@ def export_variant(recipe: Recipe, splits: DataSplits, ws: Workspace, progress: 
     """Model → ONNX (→ int8 QDQ), every stage cached by what it is made from (the weights' checksum)."""
     model, report, weights = compressed_model(recipe, splits, ws, progress)
     data = replace(recipe.data, eval_samples=None)  # int8 calibration images come from the data set
-    fp32_path = ws.onnx_dir(content_hash({"weights": weights, "resolution": recipe.resolution, "data": data})) \
-        / "model.onnx"
+    fp32_path = ws.onnx_dir(content_hash({"weights": weights, "resolution": recipe.resolution, "data": data,
+                                          "exporter": exporter_digest()})) / "model.onnx"
     with cache.locked(fp32_path):
         if cache.digest(fp32_path) is None:
             cache.write(fp32_path, lambda tmp: export_onnx(model, tmp, resolution=recipe.resolution))

@@ -33,13 +33,30 @@ def package_versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__}
 
 
+def _sources_digest(paths: list[Path], prefix: str = "") -> str:
+    digest = hashlib.sha256(prefix.encode())
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 @functools.cache
 def compiler_digest() -> str:
     """SHA-256 of the harness's compile passes (`harness/compile/*.py`)."""
-    digest = hashlib.sha256()
-    for path in sorted((Path(__file__).resolve().parent / "compile").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+    return _sources_digest(sorted((Path(__file__).resolve().parent / "compile").glob("*.py")))
+
+
+@functools.cache
+def exporter_digest() -> str:
+    """SHA-256 of what makes a model's ONNX files: the harness's export and quantization code and the torch, onnx
+    and ONNX Runtime versions (a changed exporter must not reuse the files of the old one)."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    here = Path(__file__).resolve().parent
+    return _sources_digest([here / "export.py", here / "compress" / "quantize.py"],
+                           f"{torch.__version__} {onnx.__version__} {onnxruntime.__version__}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,3 +181,21 @@ def test_a_run_whose_rows_cannot_be_appended_keeps_them_in_its_run_folder(tmp_pa
     (run_dir,) = (tmp_path / "results" / "runs").iterdir()
     assert json.loads((run_dir / "run.json").read_text())["rows"][0]["top1"] > 0
     assert not (run_dir / "RUNNING").exists() and f"they are kept in {run_dir}/run.json" in caplog.text
+
+
+def test_onnx_files_of_another_exporter_are_not_reused(tmp_path: Path, monkeypatch) -> None:
+    """The ONNX cache is keyed by the exporter too (its code and the torch/onnx/ONNX Runtime versions): a harness
+    whose export changed exports again, while the same exporter reuses the files and the trained weights."""
+    from harness import build
+    from harness.data import load_data
+    from harness.recipe import recipe_from_dict
+    from harness.workspace import Workspace
+
+    recipe = recipe_from_dict(TINY_RECIPE | {"steps": [{"quantize": {}}]}, "tiny")
+    splits, ws = load_data(recipe.data, recipe.resolution), Workspace(tmp_path)
+    first = build.export_variant(recipe, splits, ws, progress=False)
+    assert build.export_variant(recipe, splits, ws, progress=False).onnx.path == first.onnx.path
+    monkeypatch.setattr(build, "exporter_digest", lambda: "another exporter")
+    again = build.export_variant(recipe, splits, ws, progress=False)
+    assert again.fp32_onnx.path.parent != first.fp32_onnx.path.parent and again.onnx.path.is_file()
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 1  # trained once
