@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from harness import commands
@@ -60,6 +60,9 @@ def _add_device_args(parser: argparse.ArgumentParser) -> None:
                         help="evaluate on the first N images of the eval split (e.g. on slow emulated boards)")
 
 
+_Sub = Callable[..., argparse.ArgumentParser]  # adds a subcommand's parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="harness",
@@ -73,17 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub = functools.partial(subparsers.add_parser, parents=[common])
+    for add in (_add_run, _add_sweep, _add_tune, _add_bench, _add_build, _add_check, _add_compare, _add_report,
+                _add_emulator, _add_sensitivity, _add_inspect, _add_devices, _add_results):
+        add(sub)
+    return parser
 
+
+def _add_run(sub: _Sub) -> None:
     run = sub("run", help="run a recipe on a device and append its rows to the results table")
     run.add_argument("recipe", help="recipe file (or shipped recipe name, e.g. v1_fp32)")
     run.add_argument("--tune-minutes", type=flag("minutes"), metavar="N",
                      help="first tune the kernels the device's database lacks, for at most N minutes")
     run.add_argument("--batch", type=flag("batch", many=True), metavar="B,...",
                      help="batch sizes to measure, one row each (default: the recipe's measure.batch)")
-    run.add_argument("--gpu", type=flag("gpu"), metavar="N", help="CUDA profiles: which GPU of this host (default 0)")
+    _add_gpu_arg(run)
     _add_device_args(run)
     run.set_defaults(func=commands.run)
 
+
+def _add_sweep(sub: _Sub) -> None:
     sweep = sub("sweep", help="run a grid of α × ρ × dtype variants of a recipe against its reference")
     sweep.add_argument("recipe", help="recipe file or name; its `sweep:` mapping is the default grid")
     sweep.add_argument("--width", type=flag("width", many=True), help="α values, e.g. 1,0.75,0.5,0.25")
@@ -92,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_args(sweep)
     sweep.set_defaults(func=commands.sweep)
 
+
+def _add_tune(sub: _Sub) -> None:
     tune = sub("tune", help="tune a recipe's kernels with MetaSchedule into the device's database")
     tune.add_argument("recipe", nargs="*", help="recipe file(s) or name(s); their references are tuned too")
     tune.add_argument("--shipped", action="store_true",
@@ -116,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="batch sizes whose kernels to tune (default: each recipe's measure.batch); with --shipped, "
                            "the batch sizes the shipped database covers")
     _add_device_arg(tune)
-    tune.add_argument("--gpu", type=flag("gpu"), metavar="N", help="CUDA profiles: which GPU of this host (default 0)")
+    _add_gpu_arg(tune)
     _add_results_arg(tune)
     tune.set_defaults(func=commands.tune)
 
+
+def _add_bench(sub: _Sub) -> None:
     bench = sub("bench", help="latency of TVM untuned/tuned, ONNX Runtime and PyTorch, ratios to ORT")
     bench.add_argument("recipe", nargs="+", help="recipe file(s) or name(s), e.g. v1_fp32 v2_fp32")
     _add_device_arg(bench, help="a local device profile (default: x86)", remote=False)
@@ -131,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_results_arg(bench)
     bench.set_defaults(func=commands.bench)
 
+
+def _add_build(sub: _Sub) -> None:
     build = sub("build", help="compile recipes (untrained) for a device and save them with a manifest")
     build.add_argument("recipe", nargs="+", help="recipe file(s) or name(s)")
     build.add_argument("--out", required=True, metavar="DIR", help="folder of the saved set (new, or a saved set)")
@@ -138,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_results_arg(build)
     build.set_defaults(func=commands.build)
 
+
+def _add_check(sub: _Sub) -> None:
     check = sub("check", help="latency regression gate: same-run A/B against a revision, or a stored "
                               "baseline; exit 0 pass, 1 regression, 3 inconclusive (or nothing compared), 2 usage "
                               "error")
@@ -165,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_results_arg(check)
     check.set_defaults(func=commands.check)
 
+
+def _add_compare(sub: _Sub) -> None:
     comp = sub("compare", help="every variant beside its baselines: Δtop-1, size, MACs, latency, speed-up, "
                                "Pareto front")
     comp.add_argument("--device", help="only rows of this device (default: every device, each compared apart)")
@@ -174,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_results_arg(comp)
     comp.set_defaults(func=commands.compare)
 
+
+def _add_report(sub: _Sub) -> None:
     rep = sub("report", help="an HTML page (plots embedded) and Markdown of the results")
     rep.add_argument("--device", help="only rows of this device (default: every device)")
     rep.add_argument("--baseline", default="v1_fp32", help="recipe compared against (default v1_fp32)")
@@ -183,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_results_arg(rep)
     rep.set_defaults(func=commands.report)
 
+
+def _add_emulator(sub: _Sub) -> None:
     emu = sub("emulator", help="emulated aarch64 boards (qemu-user) serving TVM RPC on a local tracker")
     emu.add_argument("action", choices=["setup", "start", "stop", "status"])
     emu.add_argument("device", nargs="?", help="device profile with an emulator section, e.g. rpi4")
@@ -191,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fault injection for testing: each board dies S seconds into its first session")
     emu.set_defaults(func=commands.emulator)
 
+
+def _add_sensitivity(sub: _Sub) -> None:
     sens = sub("sensitivity", help="prune one layer at a time at several ratios; table, plot, ratios")
     sens.add_argument("recipe", help="recipe file or name (its trained base model is analysed)")
     sens.add_argument("--ratios", type=flag("ratio", many=True), default=[0.1, 0.3, 0.5, 0.7],
@@ -200,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_results_arg(sens)
     sens.set_defaults(func=commands.sensitivity)
 
+
+def _add_inspect(sub: _Sub) -> None:
     ins = sub("inspect", help="parameters and multiply-adds of a model at a width and resolution")
     ins.add_argument("model", help="model name (mobilenet_v1, mobilenet_v2, vgg16, resnet18, ... )")
     ins.add_argument("--width", type=flag("width"), default=1.0, help="width multiplier α (default 1.0)")
@@ -208,15 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(func=commands.inspect)
 
+
+def _add_devices(sub: _Sub) -> None:
     dev = sub("devices", help="list device profiles (devices/*.yaml) with their TVM targets")
     dev.add_argument("--json", action="store_true", help="machine-readable output")
     dev.set_defaults(func=commands.devices)
 
+
+def _add_results(sub: _Sub) -> None:
     res = sub("results", help="show the last rows of the results table")
     res.add_argument("--last", type=flag("rows"), default=20, help="number of rows (default 20)")
     _add_results_arg(res)
     res.set_defaults(func=commands.results)
-    return parser
+
+
+def _add_gpu_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpu", type=flag("gpu"), metavar="N",
+                        help="CUDA profiles: which GPU of this host (default 0)")
 
 
 def _configure_logging(quiet: bool, verbose: bool) -> None:
