@@ -14,6 +14,7 @@ import tvm_ffi
 from conftest import TINY_RECIPE, fresh_tune_trials, postprocessed_spaces, run_cli
 
 from harness.compile import database, import_onnx, kernels, prepare_module, runners, search, tuning
+from harness.compile.builder import WarmBuilder
 from harness.compile.target import build_target, target_key, target_spec
 from harness.device import load_device
 from harness.errors import HarnessError
@@ -299,7 +300,7 @@ def _elementwise_candidate(profile):  # noqa: ANN001, ANN202 (TVM types)
 
     a = te.placeholder((64, 64), name="a")
     func = te.create_prim_func([a, te.compute((64, 64), lambda i, j: a[i, j] * 2.0, name="b")])
-    builder = tuning.WarmBuilder(max_workers=1)
+    builder = WarmBuilder(max_workers=1)
     try:
         (built,) = builder.build([BuilderInput(tvm.IRModule({"main": func}), build_target(profile))])
     finally:

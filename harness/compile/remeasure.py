@@ -22,11 +22,11 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import BuilderInput
 
 from harness import cache, noise
+from harness.compile.builder import builder_for
 from harness.compile.database import open_database
 from harness.compile.provenance import timing_machine
 from harness.compile.records import retime, schedule_key
 from harness.compile.runners import runner_for
-from harness.compile.tuning import WarmBuilder, cross_export
 from harness.device import DeviceProfile
 from harness.errors import HarnessError, last_line
 from harness.progress import Progress
@@ -76,7 +76,7 @@ def time_records(records: list[ms.database.TuningRecord], target: tvm.target.Tar
     """
     device = tvm.runtime.Device._DEVICE_TYPE_TO_NAME[target.get_target_device_type()]  # "cpu", "cuda"
     runner = runner_for(profile)
-    builder = WarmBuilder(f_export=cross_export(profile.cross_compiler) if profile.cross_compiler else None)
+    builder = builder_for(profile)
     built, samples, errors = [], {}, []
     with Progress(len(records) * (1 + ROUNDS), "re-measure", "builds and timings", enabled=progress) as bar:
         try:

@@ -1,5 +1,5 @@
-"""MetaSchedule tuning of a set of modules into a database (see harness.compile.database): a warm
-builder, progress and a time budget (the runners: harness.compile.runners)."""
+"""MetaSchedule tuning of a set of modules into a database (see harness.compile.database): progress and a time
+budget (the builder: harness.compile.builder; the runners: harness.compile.runners)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ from pathlib import Path
 import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
-from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
-from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
 from harness import cache
+from harness.compile.builder import WarmBuilder, builder_for
 from harness.compile.database import compact, database_fingerprint, open_database
 from harness.compile.intrinsics import design_space
 from harness.compile.kernels import is_tuned, merge_tasks, module_tasks, tasks_coverage, workload_hash
@@ -46,16 +44,6 @@ class TuneReport:
         stop = ", stopped by the time budget" if self.stopped_by_deadline else ""
         return (f"{self.tasks} kernels ({self.tasks_tuned_before} tuned before), {self.trials} trials in "
                 f"{self.seconds:.0f} s{stop}; tuned now: {self.coverage}")
-
-
-def _build(mod: tvm.IRModule, target: tvm.target.Target, _params: dict | None) -> tvm.runtime.Module:
-    """MetaSchedule's default candidate build, without its import of `tvm.s_tir.tensor_intrin`: that parses
-    every target's ~250 tensor intrinsics (measured: 104 s in a fresh process on a 2-core EPYC), in each new
-    worker, and a candidate's code needs none of them (a tensorized schedule has them inlined)."""
-    from tvm.driver import build
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-    return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
 class _Session:
@@ -89,69 +77,6 @@ class _Session:
         if self.budget_end is not None:  # the whole budget's, not the chunk's
             parts.append(f"{max(0.0, self.budget_end - time.monotonic()) / 60:.1f} min left")
         return ", ".join(parts)
-
-
-@derived_object
-class WarmBuilder(PyBuilder):
-    """MetaSchedule's LocalBuilder, but with a worker pool kept across batches.
-
-    LocalBuilder starts fresh workers for every batch (each importing TVM, and in TVM's default build its
-    tensor intrinsics: see `_build`, used here instead). The pool here is recycled every `recycle_after`
-    batches instead (LocalBuilder restarts to bound a worker memory leak).
-    A build that takes longer than `timeout_sec` (LLVM on a pathological unrolling) is killed and fails.
-    With a `session`, built candidates are counted there, and none is built once its time budget is spent.
-    """
-
-    def __init__(self, *, max_workers: int = 2, timeout_sec: float = 30.0, f_export=None,  # noqa: ANN001
-                 recycle_after: int = 40, session: _Session | None = None) -> None:
-        super().__init__()
-        self.max_workers, self.timeout_sec, self.f_export = max_workers, timeout_sec, f_export
-        self.recycle_after, self.batches, self.pool, self.session = recycle_after, 0, None, session
-
-    def _executor(self) -> PopenPoolExecutor:
-        if self.pool is not None and self.batches >= self.recycle_after:
-            self.pool.shutdown()
-            self.pool = None
-        if self.pool is None:
-            self.pool, self.batches = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
-                                                        ), 0
-        self.batches += 1
-        return self.pool
-
-    def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
-        if self.session is not None and self.session.expired():
-            self.session.skipped += len(build_inputs)
-            return [BuilderResult(None, "not built: the tuning time budget is spent") for _ in build_inputs]
-        args = [(_build, self.f_export, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
-        results = []
-        for res in self._executor().map_with_error_catching(lambda x: _worker_func(*x), args):
-            if res.status == StatusKind.COMPLETE:
-                results.append(BuilderResult(res.value, None))
-            else:
-                results.append(BuilderResult(None, f"WarmBuilder: {res.status.name}: {res.value}"))
-        if self.session is not None:
-            self.session.built(len(build_inputs))
-        return results
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-            self.pool = None
-
-
-def cross_export(compiler: str):  # noqa: ANN202
-    """An export function for MetaSchedule builders that links candidates for a remote board."""
-
-    def export(mod: tvm.runtime.Module) -> str:
-        import tempfile
-
-        from tvm.support import cc
-
-        path = str(Path(tempfile.mkdtemp()) / "candidate.so")
-        mod.export_library(path, fcompile=cc.cross_compiler(compiler))
-        return path
-
-    return export
 
 
 @derived_object
@@ -256,6 +181,47 @@ def as_stored(task: ms.ExtractedTask, db: ms.database.Database) -> ms.ExtractedT
     return ms.ExtractedTask(task.task_name, stored, task.target, [stored], task.weight)
 
 
+def _todo(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db: ms.database.Database,
+          refine: Sequence[tvm.IRModule]) -> tuple[list[ms.ExtractedTask], list[ms.ExtractedTask], int]:
+    """The unique kernels of `mods` (on the database's copies), those to tune (without a record, or of a module in
+    `refine`), and how many had a record."""
+    per_module = module_tasks(mods, target)
+    tasks = [as_stored(t, db) for t in merge_tasks(per_module)]
+    tuned = [is_tuned(db, t, target) for t in tasks]
+    again = {workload_hash(t) for mod, mod_tasks in zip(mods, per_module, strict=True)
+             if any(mod is r for r in refine) for t in mod_tasks}
+    return tasks, [t for t, done in zip(tasks, tuned, strict=True) if not done or workload_hash(t) in again], sum(tuned)
+
+
+def _chunk_deadline(session: _Session, began: float, deadline: float, chunk: int, left: int, per_task: int) -> float:
+    """A chunk of `chunk` of the `left` tasks still to tune gets its share of the time left, but at least what its
+    first pass takes (a pass cut short still searches every task it did not build), and never past the deadline."""
+    now = time.monotonic()
+    per_trial = (now - began) / session.trials if session.trials else SECONDS_PER_TRIAL
+    first_pass = chunk * min(16, per_task) * per_trial
+    return min(deadline, now + max((deadline - now) * chunk / left, first_pass))
+
+
+def _tune_in_chunks(todo: list[ms.ExtractedTask], db: ms.database.Database, db_path: Path, session: _Session,
+                    builder: WarmBuilder, runner: ms.runner.Runner, *, per_task: int, trials: int,
+                    deadline: float | None) -> bool:
+    """Tune `todo` chunk by chunk (`CHUNK`) until `trials` are measured or the deadline passes; whether the time
+    budget stopped it."""
+    began, stopped = time.monotonic(), False
+    for first in range(0, len(todo), CHUNK):
+        chunk = todo[first:first + CHUNK]
+        if session.trials >= trials:
+            break
+        if deadline is not None:
+            if time.monotonic() >= deadline:
+                return True
+            session.deadline = _chunk_deadline(session, began, deadline, len(chunk), len(todo) - first, per_task)
+        _tune_chunk(chunk, db, db_path, session, builder, runner, per_task,
+                    min(per_task * len(chunk), trials - session.trials))
+        stopped = stopped or session.stopped or session.skipped > 0
+    return stopped
+
+
 def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path, *, trials: int,
          minutes: float | None = None, profile: DeviceProfile | None = None, progress: bool = True,
          refine: Sequence[tvm.IRModule] = ()) -> TuneReport:
@@ -270,13 +236,7 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
     """
     start = time.monotonic()
     db = open_database(db_path)
-    per_module = module_tasks(mods, target)
-    tasks = [as_stored(t, db) for t in merge_tasks(per_module)]
-    tuned = [is_tuned(db, t, target) for t in tasks]
-    again = {workload_hash(t) for mod, mod_tasks in zip(mods, per_module, strict=True)
-             if any(mod is r for r in refine) for t in mod_tasks}
-    todo = [t for t, done in zip(tasks, tuned, strict=True) if not done or workload_hash(t) in again]
-    tuned_before = sum(tuned)
+    tasks, todo, tuned_before = _todo(mods, target, db, refine)
     refined = len(todo) - (len(tasks) - tuned_before)
     log.info("%d tuning tasks, %d already tuned for this target%s", len(tasks), tuned_before,
              f" ({refined} of them refined)" if refined else "")
@@ -288,28 +248,10 @@ def tune(mods: Sequence[tvm.IRModule], target: tvm.target.Target, db_path: Path,
         bounded = deadline is None or trials * SECONDS_PER_TRIAL < 60 * minutes  # else the budget ends it
         with Progress(trials if bounded else None, "tune", "trials", enabled=progress) as bar:
             session = _Session(bar, len(todo), deadline)
-            builder = WarmBuilder(f_export=cross_export(profile.cross_compiler)
-                                  if profile is not None and profile.cross_compiler else None, session=session)
-            began = time.monotonic()
+            builder = builder_for(profile, session)
             try:
-                for first in range(0, len(todo), CHUNK):
-                    chunk = todo[first:first + CHUNK]
-                    if session.trials >= trials:
-                        break
-                    if deadline is not None:
-                        now = time.monotonic()
-                        if now >= deadline:
-                            stopped = True
-                            break
-                        # Its share of the time left, but at least what its first pass takes (a pass cut short
-                        # still searches every task it did not build), and never past the deadline.
-                        per_trial = (now - began) / session.trials if session.trials else SECONDS_PER_TRIAL
-                        first_pass = len(chunk) * min(16, per_task) * per_trial
-                        share = (deadline - now) * len(chunk) / (len(todo) - first)
-                        session.deadline = min(deadline, now + max(share, first_pass))
-                    _tune_chunk(chunk, db, db_path, session, builder, runner, per_task,
-                                min(per_task * len(chunk), trials - session.trials))
-                    stopped = stopped or session.stopped or session.skipped > 0
+                stopped = _tune_in_chunks(todo, db, db_path, session, builder, runner, per_task=per_task,
+                                          trials=trials, deadline=deadline)
             finally:
                 builder.close()
             measured = session.trials
