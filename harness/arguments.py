@@ -70,14 +70,14 @@ def profile(args: argparse.Namespace, tools: bool = True) -> DeviceProfile:
     from harness.device import load_device, parse_hostport
 
     found = load_device(args.device)
-    if tools:
-        found.check_tools()
     if getattr(args, "rpc", None) and getattr(args, "tracker", None):
         raise HarnessError("--rpc and --tracker: give one (--rpc reaches a board's server directly, --tracker "
                            "asks a tracker for one)")
     for flag in ("rpc", "tracker"):
         if getattr(args, flag, None):
             parse_hostport(getattr(args, flag), f"--{flag}")
+    if tools:  # after the usage errors: those are the user's to fix first
+        found.check_tools()
     if hasattr(args, "rpc"):
         found = found.with_remote(tracker=args.tracker, direct=args.rpc)
     if getattr(args, "gpu", None) is None:
