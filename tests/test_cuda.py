@@ -9,6 +9,7 @@ import pytest
 import torch
 import tvm
 from conftest import TINY_RECIPE, run_cli
+from tvm.s_tir import meta_schedule as ms
 
 from harness.compile import compile_onnx, import_onnx, kernels, runners, tuning
 from harness.compile.target import build_target, target_key, target_spec
@@ -116,6 +117,16 @@ def test_cuda_candidates_build_here_and_a_session_where_none_runs_is_an_error(tm
     assert kernels.coverage([mod], build_target(load_device("cuda")), db).tuned == 0
 
 
+def test_cuda_build_with_a_database_takes_the_cuda_lowering(tmp_path: Path) -> None:
+    """The path a tuned CUDA artifact takes (schedules from a database, DLight for the rest, then the CUDA
+    backend's lowering), built on this host: TVM 0.27's relax.pipeline cannot lower for CUDA by itself."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
+    mod = import_onnx(export_onnx(model, tmp_path / "m.onnx", resolution=8))
+    executable = kernels.compile_with_database(mod, build_target(load_device("cuda")), ms.database.MemoryDatabase())
+    executable.export_library(str(tmp_path / "m.so"))
+    assert (tmp_path / "m.so").stat().st_size > 0
+
+
 @pytest.mark.skipif(HAS_GPU, reason="this host has a CUDA GPU")
 def test_tune_without_a_gpu_is_one_line(write_recipe, tmp_path: Path) -> None:
     out = run_cli("-q", "tune", str(write_recipe(CUDA_RECIPE)), "--device", "cuda", "--trials", "8",
@@ -133,6 +144,8 @@ import inspect, sys
 import subprocess
 import sys
 from pathlib import Path
+from tvm.s_tir import meta_schedule as ms
+
 from harness.compile import compile_onnx
 from harness.device import load_device
 from harness.export import export_onnx

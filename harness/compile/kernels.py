@@ -90,12 +90,13 @@ def tasks_coverage(tasks: Sequence[ms.ExtractedTask], target: tvm.target.Target,
 
 
 def _lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    """Relax's passes after scheduling, to the VM (TVM 0.27's relax.pipeline misses them for CPU targets)."""
+    """Relax's passes after scheduling, to the VM, from the target's backend module (TVM 0.27's relax.pipeline
+    dispatches to names that the `cpu_generic` and `cuda` packages do not export)."""
     from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.relax.backend.cuda import pipeline as cuda
 
-    backend = relax.pipeline
-    if target.kind.name == "llvm":
-        from tvm.relax.backend.cpu_generic import pipeline as backend
+    backend = {"llvm": cpu, "cuda": cuda}.get(target.kind.name, relax.pipeline)
     return [*backend.dataflow_lower_passes(target), *backend.finalize_passes(target)]
 
 
