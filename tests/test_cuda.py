@@ -104,12 +104,17 @@ def test_tuning_workers_see_the_profiles_gpu(monkeypatch: pytest.MonkeyPatch) ->
     assert runners.visible_gpu(0) == "3" and runners.visible_gpu(1) == "GPU-8a1b"
 
 
+def _conv_relu(tmp_path: Path) -> tvm.IRModule:
+    """A 3x3 convolution and ReLU on an 8x8 input, imported from ONNX."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
+    return import_onnx(export_onnx(model, tmp_path / "m.onnx", resolution=8))
+
+
 @pytest.mark.skipif(HAS_GPU, reason="this host has a CUDA GPU: its candidates run")
 def test_cuda_candidates_build_here_and_a_session_where_none_runs_is_an_error(tmp_path: Path) -> None:
     """MetaSchedule's GPU rules get their target limits and the warm builder builds CUDA candidates on this
     GPU-less host; their runs fail, and a session in which no candidate ran says so instead of ending quietly."""
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
-    mod = import_onnx(export_onnx(model, tmp_path / "m.onnx", resolution=8))
+    mod = _conv_relu(tmp_path)
     db = tmp_path / "tuning"
     with pytest.raises(HarnessError, match=r"tuning for cuda: none of the \d+ candidates ran; the first error: ") as e:
         tuning.tune([mod], build_target(load_device("cuda")), db, trials=8, progress=False)
@@ -120,8 +125,7 @@ def test_cuda_candidates_build_here_and_a_session_where_none_runs_is_an_error(tm
 def test_cuda_build_with_a_database_takes_the_cuda_lowering(tmp_path: Path) -> None:
     """The path a tuned CUDA artifact takes (schedules from a database, DLight for the rest, then the CUDA
     backend's lowering), built on this host: TVM 0.27's relax.pipeline cannot lower for CUDA by itself."""
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
-    mod = import_onnx(export_onnx(model, tmp_path / "m.onnx", resolution=8))
+    mod = _conv_relu(tmp_path)
     executable = kernels.compile_with_database(mod, build_target(load_device("cuda")), ms.database.MemoryDatabase())
     executable.export_library(str(tmp_path / "m.so"))
     assert (tmp_path / "m.so").stat().st_size > 0
@@ -144,8 +148,6 @@ import inspect, sys
 import subprocess
 import sys
 from pathlib import Path
-from tvm.s_tir import meta_schedule as ms
-
 from harness.compile import compile_onnx
 from harness.device import load_device
 from harness.export import export_onnx
